@@ -75,6 +75,9 @@ class AgentConfig:
     deadline_grace_s: float = DEFAULT_DEADLINE_GRACE_S
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
+    # The module whose run() the compile child calls. Tests swap in a scripted pipeline to
+    # drive the runner through timings a real compile cannot promise; nothing else should.
+    pipeline_module: str = "agent.pipeline"
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)

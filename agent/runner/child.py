@@ -1,0 +1,148 @@
+"""The compile child: one process per job, in its own process group.
+
+    python -m agent.runner.child SPEC.json FD
+
+SPEC.json holds the job record, the agent's configuration and the job's deadline. The child
+reports to the parent through the pipe FD, one JSON object a line:
+
+    {"event": "stage", "stage": "compile", "percent": 20.0, "message": "..."}
+    {"event": "derived", "data_input_config": "{\"input\": [1, 3, 64, 64]}"}
+    {"event": "result", "artifact_uri": "...", "artifact_digest": "...", "metrics": {...}}
+    {"event": "failure", "reason": "ClientError: InputConfiguration: ..."}
+    {"event": "stopped"}
+
+Two layers of time limit, as rq's work-horse has: the child raises at its own deadline
+(SIGALRM), and the parent kills the whole group a grace period later if the child is stuck in
+native code. SIGTERM (StopCompilationJob) unwinds the pipeline the same way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from agent.errors import ClientError, JobFailure, ServerError
+
+# RLIMIT_DATA backstop, as a multiple of the configured limit: the parent's RSS watch trips
+# first in normal operation; this stops an allocation burst faster than the watch can poll.
+DATA_LIMIT_FACTOR = 2
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: StopCompilationJob, or the agent is shutting down."""
+
+
+class DeadlineExceeded(BaseException):
+    """MaxRuntimeInSeconds ran out inside the child."""
+
+
+def memory_failure(limit_mb: int, detail: str = "") -> ClientError:
+    text = f"the compile needed more than the device's memory limit of {limit_mb} MiB"
+    return ClientError("ModelSizeTooBig", text + (f" ({detail})" if detail else ""))
+
+
+def timeout_failure(max_runtime: int, stage: str) -> ClientError:
+    return ClientError(
+        "TimeOut", f"the job did not finish within MaxRuntimeInSeconds={max_runtime} (it was in stage {stage})"
+    )
+
+
+class PipeReporter:
+    """The pipeline's Reporter: forwards progress to the parent."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.current_stage = "fetch"
+
+    def send(self, **message) -> None:
+        self._stream.write(json.dumps(message) + "\n")
+        self._stream.flush()
+
+    def stage(self, stage: str, percent: float, message: str = "") -> None:
+        self.current_stage = stage
+        self.send(event="stage", stage=stage, percent=round(float(percent), 1), message=message)
+
+    def derived(self, data_input_config: str) -> None:
+        self.send(event="derived", data_input_config=data_input_config)
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
+def _raise_deadline(signum, frame):
+    raise DeadlineExceeded()
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    stream = os.fdopen(int(argv[2]), "w", buffering=1)
+    reporter = PipeReporter(stream)
+
+    from agent.config import AgentConfig, BenchConfig, VerifyConfig
+    from agent.jobs.job import Job
+
+    cfg = dict(spec["config"])
+    cfg["bench"] = BenchConfig(**cfg["bench"])
+    cfg["verify"] = VerifyConfig(**cfg["verify"])
+    config = AgentConfig(**cfg)
+    job = Job.from_dict(spec["job"])
+    workdir = Path(spec["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s job={job.name} %(message)s",
+    )
+    log = logging.getLogger("agent.child")
+
+    limit = config.memory_limit_mb * 2**20 * DATA_LIMIT_FACTOR
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGALRM, _raise_deadline)
+    remaining = spec["deadline"] - time.time()
+    if remaining <= 0:
+        reporter.send(event="failure", reason=timeout_failure(job.max_runtime, "fetch").reason)
+        return 0
+    signal.setitimer(signal.ITIMER_REAL, remaining)
+
+    try:
+        import importlib
+
+        pipeline = importlib.import_module(config.pipeline_module)
+        result = pipeline.run(job, config, workdir, reporter)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        reporter.send(
+            event="result",
+            artifact_uri=result.artifact_uri,
+            artifact_digest=result.artifact_digest,
+            metrics=result.metrics,
+        )
+    except Stopped:
+        log.info("stopped by SIGTERM in stage %s", reporter.current_stage)
+        reporter.send(event="stopped")
+    except DeadlineExceeded:
+        log.info("deadline passed in stage %s", reporter.current_stage)
+        reporter.send(event="failure", reason=timeout_failure(job.max_runtime, reporter.current_stage).reason)
+    except MemoryError:
+        log.error("MemoryError in stage %s", reporter.current_stage)
+        reporter.send(event="failure", reason=memory_failure(config.memory_limit_mb, "allocation refused").reason)
+    except JobFailure as failure:
+        log.error("failed in stage %s: %s", reporter.current_stage, failure.reason)
+        reporter.send(event="failure", reason=failure.reason)
+    except Exception as exc:  # a bug or an untranslated library error: say so, keep the trace in the log
+        log.error("unexpected error in stage %s:\n%s", reporter.current_stage, traceback.format_exc())
+        text = f"unexpected {type(exc).__name__} in stage {reporter.current_stage}: {exc}"
+        reporter.send(event="failure", reason=ServerError("", text).reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,56 @@
+"""A pipeline that does what the job's `test-script` tag says, for runner tests.
+
+The runner's job is process management: deadlines, Stop, memory, restarts. These need
+timings a real compile cannot promise, so the tests script them. Steps, ';'-separated:
+    stage=NAME           report a stage
+    sleep=SECONDS        sleep (interruptible, in Python)
+    ignore-term          ignore SIGTERM from here on (a child stuck where Stop cannot reach it)
+    ignore-alarm         ignore the child's own deadline (so only the parent's kill can end it)
+    alloc=MIB            allocate and touch MIB of memory, held
+    derive=JSON          report a DerivedDataInputConfig
+    fail=REASON          raise a ClientError with this detail
+    crash                exit at once with code 3, no message
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+from agent.errors import ClientError
+
+
+@dataclasses.dataclass
+class Result:
+    artifact_uri: str
+    artifact_digest: str
+    metrics: dict
+    local_artifact: str = ""
+
+
+def run(job, config, workdir, report):
+    tags = {t["Key"]: t["Value"] for t in job.request.get("Tags", [])}
+    held = []
+    for step in filter(None, tags.get("test-script", "").split(";")):
+        key, _, value = step.partition("=")
+        if key == "stage":
+            report.stage(value, 50.0)
+        elif key == "sleep":
+            time.sleep(float(value))
+        elif key == "ignore-alarm":
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        elif key == "ignore-term":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif key == "alloc":
+            block = bytearray(int(float(value) * 2**20))
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            held.append(block)
+        elif key == "derive":
+            report.derived(value)
+        elif key == "fail":
+            raise ClientError("InputConfiguration", value)
+        elif key == "crash":
+            os._exit(3)
+    return Result(artifact_uri=f"file://{workdir}/out.tar.gz", artifact_digest="ab12", metrics={"scripted": True})
