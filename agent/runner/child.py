@@ -96,11 +96,9 @@ def main(argv: list[str]) -> int:
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s job={job.name} %(message)s",
-    )
+    from agent import logs
+
+    logs.setup("INFO", job=job.name)
     log = logging.getLogger("agent.child")
 
     limit = config.memory_limit_mb * 2**20 * DATA_LIMIT_FACTOR

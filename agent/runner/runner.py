@@ -87,12 +87,12 @@ class Runner:
                     job.name, Status.FAILED, failure_reason=reason, end_time=self.clock(),
                     note=f"agent restarted during stage {job.stage}; {found}",
                 )
-            log.info("recovered job=%s from %s (%s)", job.name, job.status.value, found)
+            log.info("recovered from %s (%s)", job.status.value, found, extra={"job": job.name})
         for job in self.store.with_status([Status.STARTING]):
             self.store.update(job.name, note="queued again after an agent restart")
             with self._cv:
                 self._queue.append(job.name)
-            log.info("recovered job=%s: queued again", job.name)
+            log.info("recovered: queued again", extra={"job": job.name})
 
     # --- what the API calls -----------------------------------------------------------
     def enqueue(self, name: str) -> None:
@@ -138,7 +138,7 @@ class Runner:
             try:
                 self._run(name)
             except Exception:
-                log.exception("job=%s: the runner failed", name)
+                log.exception("the runner failed", extra={"job": name})
                 self._fail_if_open(name, ServerError("", "the agent's runner failed; see the agent log").reason)
 
     def _watch_pending(self) -> None:
@@ -167,7 +167,7 @@ class Runner:
             f"MaxPendingTimeInSeconds={job.max_pending}",
         ).reason
         self.store.transition(job.name, Status.FAILED, failure_reason=reason, end_time=now)
-        log.info("job=%s failed: %s", job.name, reason)
+        log.info("failed: %s", reason, extra={"job": job.name})
 
     def _run(self, name: str) -> None:
         job = self.store.find(name)
@@ -206,7 +206,7 @@ class Runner:
         try:
             child.start()
             self.store.update(name, pid=child.pid)
-            log.info("job=%s started (pid %s, deadline in %d s)", name, child.pid, job.max_runtime)
+            log.info("started (pid %s, deadline in %d s)", child.pid, job.max_runtime, extra={"job": name})
             if stop_now or self.store.get(name).status == Status.STOPPING:
                 child.request_stop()
             outcome = child.wait()
@@ -232,7 +232,7 @@ class Runner:
                 artifact_digest=outcome.result["artifact_digest"],
                 metrics=outcome.result["metrics"],
             )
-            log.info("job=%s COMPLETED: %s", name, outcome.result["artifact_uri"])
+            log.info("COMPLETED: %s", outcome.result["artifact_uri"], extra={"job": name})
             return
         if job.status == Status.STOPPING or outcome.stopped:
             status, reason = Status.STOPPED, ""
@@ -253,7 +253,7 @@ class Runner:
             status = Status.FAILED
             reason = ServerError("AgentShutdown", f"the agent shut down while the job was in stage {job.stage}").reason
         self.store.transition(name, status, end_time=now, pid=None, failure_reason=reason)
-        log.info("job=%s %s %s", name, status.value, reason)
+        log.info("%s %s", status.value, reason, extra={"job": name})
 
     def _fail_if_open(self, name: str, reason: str) -> None:
         job = self.store.find(name)

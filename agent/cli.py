@@ -1,0 +1,111 @@
+"""neo-agent: a thin shell over the agent's Python API.
+
+    neo-agent compile REQUEST.json   run one CreateCompilationJob request in the foreground
+    neo-agent demo                   the whole flow on embedded defaults: S3 server, model, request
+
+Exit codes: 0 the job COMPLETED; 1 it ended FAILED or STOPPED; 2 the request was refused
+(ValidationException and friends) or the configuration is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from agent import logs
+from agent.config import AgentConfig
+from agent.errors import ApiError, ConfigError
+
+log = logging.getLogger("agent.cli")
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_REFUSED = 0, 1, 2
+
+
+def run_foreground(config: AgentConfig, request: dict, out=sys.stdout) -> int:
+    """Start an agent, submit `request`, stream progress, print the results table."""
+    from agent.jobs.job import TERMINAL
+    from agent.report import ProgressPrinter, results_table
+    from agent.service.agent import Agent
+
+    name = request.get("CompilationJobName", "")
+    done = threading.Event()
+    printer = ProgressPrinter(out)
+
+    def on_event(event) -> None:
+        if event.job_name != name:
+            return
+        printer(event)
+        if event.status in {s.value for s in TERMINAL}:
+            done.set()
+
+    with Agent(config) as agent:
+        agent.events.subscribe(on_event)
+        arn = agent.api.call("CreateCompilationJob", request)["CompilationJobArn"]
+        print(f"CompilationJobArn {arn}", file=out, flush=True)
+        try:
+            while not done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            print("interrupted: StopCompilationJob", file=out, flush=True)
+            agent.api.call("StopCompilationJob", {"CompilationJobName": name})
+            done.wait(config.stop_grace_s + 10)
+        describe = agent.api.call("DescribeCompilationJob", {"CompilationJobName": name})
+        metrics = agent.store.get(name).metrics
+    print(file=out)
+    print(results_table(describe, metrics), file=out, flush=True)
+    return EXIT_OK if describe["CompilationJobStatus"] == "COMPLETED" else EXIT_JOB_FAILED
+
+
+def cmd_compile(args) -> int:
+    path = Path(args.request)
+    try:
+        request = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"neo-agent: cannot read request {path}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    config = AgentConfig.load(state_dir=args.state_dir)
+    return run_foreground(config, request)
+
+
+def cmd_demo(args) -> int:
+    from agent.demo.run import demo
+
+    return demo(state_dir=args.state_dir, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neo-agent", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="WARNING", help="agent log level on stderr (default WARNING)")
+    parser.add_argument("--log-format", choices=("kv", "json"), default="kv")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="run one CreateCompilationJob request (JSON file) in the foreground")
+    p.add_argument("request", help="a file holding SageMaker's CreateCompilationJob JSON body")
+    p.add_argument("--state-dir", type=Path, help="where jobs are recorded (default: $XDG_STATE_HOME/neo-agent)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("demo", help="compile a sample model end to end on embedded defaults")
+    p.add_argument("--state-dir", type=Path, help="default: a fresh directory under ./.state/")
+    p.add_argument("--keep", action="store_true", help="leave the S3 server running until Enter is pressed")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level.upper(), args.log_format)
+    try:
+        return args.func(args)
+    except ApiError as exc:
+        print(f"neo-agent: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ConfigError as exc:
+        print(f"neo-agent: configuration: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
