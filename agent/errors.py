@@ -5,7 +5,8 @@
     │   ├── ValidationException       a request member breaks a rule of the service model
     │   ├── ResourceInUse             the CompilationJobName is taken
     │   ├── ResourceNotFound          no such compilation job
-    │   └── ResourceLimitExceeded     the queue is full
+    │   ├── ResourceLimitExceeded     the queue is full
+    │   └── UnknownOperationException an operation this API does not have
     ├── JobFailure                    a job ends FAILED; .reason is Neo's FailureReason
     │   ├── ClientError               the request or the model is at fault (keyword says how)
     │   └── ServerError               this device or the agent is at fault
@@ -58,6 +59,13 @@ class ResourceNotFound(ApiError):
 
 class ResourceLimitExceeded(ApiError):
     code = "ResourceLimitExceeded"
+    http_status = 400
+
+
+class UnknownOperationException(ApiError):
+    """AWS's own code for an operation name the service does not know."""
+
+    code = "UnknownOperationException"
     http_status = 400
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from agent.errors import ResourceInUse, ResourceNotFound
+from agent.errors import ResourceInUse, ResourceLimitExceeded, ResourceNotFound
 from agent.jobs.events import Event, EventBus
 from agent.jobs.job import Job, Status, check_transition
 
@@ -50,8 +50,17 @@ class JobStore:
             self._db.close()
 
     # --- writes -----------------------------------------------------------------------
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, *, queue_limit: int | None = None) -> Job:
+        """Record a new job. With `queue_limit`, refuse it (ResourceLimitExceeded) when that
+        many jobs are already waiting to start; the count and the insert are one step."""
         with self._lock:
+            if queue_limit is not None:
+                queued = self.count([Status.STARTING])
+                if queued >= queue_limit:
+                    raise ResourceLimitExceeded(
+                        f"This device already has {queued} compilation jobs waiting to start, its limit "
+                        f"({queue_limit}); try again when one has started."
+                    )
             now = self.clock()
             job.creation_time = job.creation_time or now
             job.last_modified_time = job.creation_time

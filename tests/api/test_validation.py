@@ -1,0 +1,279 @@
+"""Neo's rules beyond the model, through the service (so the order of checks is the real one)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from agent.api import CompilationService
+from agent.api.validation import (
+    HOST_TARGETS,
+    SUPPORTED_FRAMEWORKS,
+    check_target,
+    parse_compiler_options,
+    parse_data_input_config,
+)
+from agent.errors import ValidationException
+
+from tests.api.helpers import make_body
+
+
+def refused(service, body) -> str:
+    with pytest.raises(ValidationException) as caught:
+        service.create_compilation_job(body)
+    return caught.value.message
+
+
+def with_input(**changes):
+    body = make_body()
+    body["InputConfig"].update(changes)
+    return body
+
+
+def with_output(**changes):
+    body = make_body()
+    for key, value in changes.items():
+        if value is None:
+            body["OutputConfig"].pop(key, None)
+        else:
+            body["OutputConfig"][key] = value
+    return body
+
+
+PACKAGE_ARN = "arn:aws:sagemaker:us-west-2:123456789012:model-package/pkg/1"
+
+
+def test_either_a_model_package_or_an_input_config(service):
+    both = make_body(ModelPackageVersionArn=PACKAGE_ARN)
+    assert refused(service, both).startswith("Provide either a ModelPackageVersionArn or an InputConfig")
+    assert "has both" in refused(service, both)
+    assert "has neither" in refused(service, make_body(InputConfig=None))
+    message = refused(service, make_body(ModelPackageVersionArn=PACKAGE_ARN, InputConfig=None))
+    assert message.startswith("ModelPackageVersionArn is not supported on this device")
+
+
+def test_either_a_target_device_or_a_target_platform(service):
+    both = with_output(TargetPlatform={"Os": "LINUX", "Arch": "X86_64"})
+    assert refused(service, both) == (
+        "OutputConfig must have either a TargetDevice or a TargetPlatform (exactly one); it has both."
+    )
+    assert "it has neither" in refused(service, with_output(TargetDevice=None))
+    assert service.create_compilation_job(
+        with_output(TargetDevice=None, TargetPlatform={"Os": "LINUX", "Arch": "X86_64"})
+    )
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ("{not json", "must be a JSON object"),
+        ('["mcpu"]', "must be a JSON object"),
+        ('"abc"', "must be a JSON object"),
+        ('{"gpu-code": "sm_62"}', "gpu-code not supported on this device"),
+        ('{"mcpu": "x", "trt-ver": "6", "cuda-ver": "10"}', "trt-ver, cuda-ver not supported"),
+        ('{"dtype": "int64"}', "dtype 'int64' is not supported"),
+        ('{"mcpu": 5}', "mcpu must be a non-empty string"),
+        ('{"mattr": [1]}', "mattr must be a list of strings"),
+    ],
+)
+def test_compiler_options_refused(service, options, fragment):
+    message = refused(service, with_output(CompilerOptions=options))
+    assert message.startswith("OutputConfig.CompilerOptions")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "options",
+    ['{ }', '{"mcpu": "skylake-avx512"}', '{"mattr": ["+avx2", "+fma"]}', '{"mattr": "+avx2"}',
+     '{"dtype": "float32"}', '{"dtype": "float", "mcpu": "core-avx2"}'],
+)
+def test_compiler_options_accepted(service, options):
+    assert service.create_compilation_job(with_output(CompilerOptions=options))
+    assert parse_compiler_options(options) == json.loads(options)
+
+
+def test_compiler_options_length_comes_from_the_model(service):
+    message = refused(service, with_output(CompilerOptions="{}"))  # 2 < min 3
+    assert "Member must have length greater than or equal to 3" in message
+
+
+@pytest.mark.parametrize(
+    "condition, ok",
+    [
+        ({"MaxRuntimeInSeconds": 2419200}, True),
+        ({"MaxRuntimeInSeconds": 2419201}, False),
+        ({}, True),
+        ({"MaxRuntimeInSeconds": 900, "MaxWaitTimeInSeconds": 900}, True),
+        ({"MaxRuntimeInSeconds": 900, "MaxWaitTimeInSeconds": 899}, False),
+        ({"MaxWaitTimeInSeconds": 5}, True),
+    ],
+)
+def test_stopping_condition(service, condition, ok):
+    body = make_body(StoppingCondition=condition)
+    if ok:
+        assert service.create_compilation_job(body)
+    else:
+        assert refused(service, body).startswith("StoppingCondition.")
+
+
+def test_framework_version_only_for_some_frameworks(service):
+    message = refused(service, with_input(FrameworkVersion="1.7"))
+    assert message == (
+        "InputConfig.FrameworkVersion is allowed only for MXNET, PYTORCH, TENSORFLOW, TFLITE; Framework is ONNX."
+    )
+
+
+@pytest.mark.parametrize("framework", ["TENSORFLOW", "KERAS", "MXNET", "PYTORCH", "XGBOOST", "TFLITE", "DARKNET", "SKLEARN"])
+def test_only_onnx_is_compiled_here(service, framework):
+    message = refused(service, with_input(Framework=framework))
+    assert message == f"Framework {framework} is not supported on this device; it compiles {', '.join(SUPPORTED_FRAMEWORKS)}."
+
+
+def test_pytorch_with_a_version_names_the_framework_not_the_version(service):
+    assert refused(service, with_input(Framework="PYTORCH", FrameworkVersion="1.8")).startswith("Framework PYTORCH")
+
+
+@pytest.mark.parametrize(
+    "uri, ok",
+    [
+        ("s3://bucket/model.tar.gz", True),
+        ("s3://bucket/dir/model.onnx", True),
+        ("https://bucket.s3.amazonaws.com/model.tar.gz?X-Amz-Signature=abc", True),
+        ("file:///data/models/model.onnx", True),
+        ("file://localhost/data/model.tar.gz", True),
+        ("s3://bucket/model.zip", False),
+        ("s3://bucket/model.tar", False),
+        ("s3://bucket/", False),
+    ],
+)
+def test_model_uri_suffix(service, uri, ok):
+    body = with_input(S3Uri=uri)
+    if ok:
+        assert service.create_compilation_job(body)
+    else:
+        assert refused(service, body).startswith("InputConfig.S3Uri must point to")
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/model.onnx", "/data/model.onnx", "file:model.onnx"])
+def test_other_schemes_fail_the_relaxed_pattern(service, uri):
+    message = refused(service, with_input(S3Uri=uri))
+    assert "Member must satisfy regular expression pattern: ^(https|s3)://([^/]+)/?(.*)|file://([^/]*)/(.*)$" in message
+
+
+def test_file_output_location_is_accepted(service):
+    assert service.create_compilation_job(with_output(S3OutputLocation="file:///var/lib/neo/out"))
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("not json", "must be JSON"),
+        ("[[1, 3, 224, 224]]", "must be an object of input name to shape for ONNX"),
+        ('"data"', "must be an object"),
+        ("{}", "must name at least one input"),
+        ('{"data": [1, 3, 0, 224]}', "input 'data' must be a list of positive integers"),
+        ('{"data": [1, -3]}', "positive integers"),
+        ('{"data": [1, true]}', "positive integers"),
+        ('{"data": [1.5]}', "positive integers"),
+        ('{"data": []}', "positive integers"),
+        ('{"data": "1,3,224,224"}', "positive integers"),
+        ('{"": [1]}', "empty name"),
+    ],
+)
+def test_data_input_config_refused(service, text, fragment):
+    message = refused(service, with_input(DataInputConfig=text))
+    assert message.startswith("InputConfig.DataInputConfig")
+    assert fragment in message
+
+
+def test_data_input_config_forms():
+    assert parse_data_input_config('{"a": [1, 3], "b": [2]}', "ONNX") == {"a": [1, 3], "b": [2]}
+    assert parse_data_input_config("[[1, 3, 224, 224]]", "PYTORCH") == [[1, 3, 224, 224]]
+    with pytest.raises(ValidationException, match="positive integers"):
+        parse_data_input_config("[[1, 0]]", "PYTORCH")
+
+
+def test_data_input_config_is_optional(service):
+    body = make_body()
+    del body["InputConfig"]["DataInputConfig"]
+    assert service.create_compilation_job(body)
+
+
+# --- targets ----------------------------------------------------------------------------
+@pytest.mark.parametrize("machine", sorted(HOST_TARGETS))
+def test_host_targets_are_accepted(machine):
+    for device in HOST_TARGETS[machine].devices:
+        check_target({"TargetDevice": device}, machine=machine)
+    for os_name, arch in HOST_TARGETS[machine].platforms:
+        check_target({"TargetPlatform": {"Os": os_name, "Arch": arch}}, machine=machine)
+
+
+LINUX_ARM64 = {"Os": "LINUX", "Arch": "ARM64"}
+
+
+@pytest.mark.parametrize(
+    "machine, output, wanted",
+    [
+        ("x86_64", {"TargetDevice": "jetson_nano"}, "TargetDevice jetson_nano"),
+        ("x86_64", {"TargetDevice": "ml_p3"}, "TargetDevice ml_p3"),
+        ("x86_64", {"TargetPlatform": LINUX_ARM64}, "TargetPlatform {Os: LINUX, Arch: ARM64}"),
+        (
+            "x86_64",
+            {"TargetPlatform": {"Os": "LINUX", "Arch": "X86_64", "Accelerator": "NVIDIA"}},
+            "TargetPlatform {Os: LINUX, Arch: X86_64, Accelerator: NVIDIA}",
+        ),
+        ("x86_64", {"TargetPlatform": {"Os": "ANDROID", "Arch": "X86_64"}}, "TargetPlatform {Os: ANDROID, Arch: X86_64}"),
+        ("aarch64", {"TargetDevice": "ml_c5"}, "TargetDevice ml_c5"),
+        ("aarch64", {"TargetPlatform": dict(LINUX_ARM64, Accelerator="MALI")}, "TargetPlatform {Os: LINUX, Arch: ARM64, Accelerator: MALI}"),
+    ],
+)
+def test_foreign_targets_are_refused(machine, output, wanted):
+    with pytest.raises(ValidationException) as caught:
+        check_target(output, machine=machine)
+    assert caught.value.message.startswith(f"This device is {machine}; {wanted} cannot be compiled on it; it compiles for ")
+
+
+def test_the_refusal_lists_what_the_device_compiles():
+    with pytest.raises(ValidationException) as caught:
+        check_target({"TargetDevice": "jetson_nano"}, machine="x86_64")
+    assert caught.value.message == (
+        "This device is x86_64; TargetDevice jetson_nano cannot be compiled on it; it compiles for "
+        "TargetDevice ml_c4, TargetDevice ml_c5, TargetDevice ml_m4, TargetDevice ml_m5, "
+        "TargetPlatform {Os: LINUX, Arch: X86_64}."
+    )
+
+
+def test_an_unknown_host_compiles_nothing():
+    with pytest.raises(ValidationException) as caught:
+        check_target({"TargetDevice": "ml_c5"}, machine="riscv64")
+    assert caught.value.message == "This device is riscv64; TargetDevice ml_c5 cannot be compiled on it; it has no known targets."
+
+
+@pytest.mark.parametrize(
+    "machine, device", [("x86_64", "ml_m5"), ("aarch64", "jetson_nano"), ("arm64", "rasp4b"), ("AMD64", "ml_c4")]
+)
+def test_the_default_hook_reads_the_host(store, runner, config, monkeypatch, machine, device):
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    service = CompilationService(store, runner, config)
+    assert service.create_compilation_job(with_output(TargetDevice=device))
+    other = "jetson_nano" if device.startswith("ml_") else "ml_c5"
+    body = make_body("job-2", OutputConfig={"S3OutputLocation": "s3://b/o", "TargetDevice": other})
+    assert "cannot be compiled on it" in refused(service, body)
+
+
+def test_a_replaced_target_hook_decides(store, runner, config):
+    seen = []
+    service = CompilationService(store, runner, config, target_check=seen.append)
+    assert service.create_compilation_job(with_output(TargetDevice="jetson_nano"))
+    assert seen == [{"S3OutputLocation": "s3://models/compiled/", "TargetDevice": "jetson_nano"}]
+
+
+def test_model_rules_come_before_neo_rules(service):
+    body = make_body("bad name", InputConfig=None)
+    assert refused(service, body).startswith("1 validation error detected: Value 'bad name'")
+
+
+def test_a_refused_body_stores_nothing_and_enqueues_nothing(service, store, runner):
+    refused(service, with_input(Framework="PYTORCH"))
+    assert store.find("job-1") is None and runner.calls == []
