@@ -1,7 +1,6 @@
 """Neo's rules beyond the model, through the service (so the order of checks is the real one)."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 from agent.jobs.job import Status
 from agent.jobs.store import JobStore
