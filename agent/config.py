@@ -131,6 +131,20 @@ class AgentConfig:
                     values[key] = cast(raw)
                 except ValueError:
                     raise ConfigError(f"NEO_AGENT_{key.upper()}: cannot read {raw!r} as {cast.__name__}") from None
+        for section_name, section in (("bench", BenchConfig), ("verify", VerifyConfig)):
+            fields = {}
+            for field in dataclasses.fields(section):
+                name = f"NEO_AGENT_{section_name.upper()}_{field.name.upper()}"
+                raw = env.get(name)
+                if raw is None:
+                    continue
+                cast = int if field.type in ("int", int) else float
+                try:
+                    fields[field.name] = cast(raw)
+                except ValueError:
+                    raise ConfigError(f"{name}: cannot read {raw!r} as {cast.__name__}") from None
+            if fields:
+                values[section_name] = section(**fields)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

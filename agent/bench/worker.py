@@ -20,7 +20,7 @@ RESULT.json, written when the process exits 0:
      "throughput_per_s": iterations / duration_s | null,
      "iterations": 50, "duration_s": 2.01,      the timed loop's wall time (0 without --bench)
      "warmup_runs": 3,                          warm-up runs actually done
-     "peak_rss_mb": 210.4}                      ru_maxrss of this process at the end, MiB
+     "peak_rss_mb": 210.4}                      VmHWM of this process at the end, MiB
 
 Any failure is an exception left to Python: a traceback on stderr and exit status 1, which the
 parent turns into a ServerError carrying the traceback's tail.
@@ -110,6 +110,19 @@ def _timed_loop(engine, feed, bench: BenchConfig) -> tuple[list[float], float]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own high-water RSS.
+
+    On Linux ru_maxrss survives fork and exec, so a worker started by a 300 MiB compile child
+    would report at least 300 MiB whatever its engine used; VmHWM belongs to the new address
+    space and starts afresh at exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 

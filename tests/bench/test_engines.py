@@ -153,3 +153,14 @@ def test_timeout_kills_the_worker(onnx_model, inputs_npz):
 def test_unknown_engine(onnx_model, inputs_npz):
     with pytest.raises(ValueError, match="unknown engine"):
         run_engine("tensorrt", onnx_model, inputs_npz, threads=1, timeout_s=1)
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents(onnx_model, inputs_npz):
+    """Linux carries ru_maxrss across fork+exec; a worker started by a big parent must not
+    report the parent's memory as its own."""
+    ballast = bytearray(600 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    result = run_engine("onnxruntime", onnx_model, inputs_npz, threads=1, bench=TINY_BENCH, timeout_s=TIMEOUT_S)
+    del ballast
+    assert 0 < result["peak_rss_mb"] < 400
