@@ -1,0 +1,29 @@
+"""Compiling a model for this device with Apache TVM 0.27 (Relax).
+
+    datainput       Neo's DataInputConfig: parse, check against the model, derive when absent
+    onnx_frontend   .onnx -> prepared graph -> Relax IRModule (static shapes), errors translated
+    target          the TVM target for this host (CompilerOptions mcpu/mattr), device description
+    build           IRModule -> VM executable -> model.so
+
+None of these import TVM, onnx or onnxslim at module level: the agent's main process may
+import them for their types, and only the compile child may load the compiler.
+"""
+from __future__ import annotations
+
+import re
+
+_FRAME = re.compile(r"^(Traceback|File |\[bt\]|---|\d+: )")
+_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
+
+
+def summarize_error(exc: BaseException, limit: int = 400) -> str:
+    """The line of a foreign error worth showing a user in a FailureReason.
+
+    TVM's messages carry a C++/Python traceback; the useful part is the last `XxxError: ...`
+    line when there is one, else the first line that is not a stack frame.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not _FRAME.match(line)]
+    errors = [line for line in useful if _ERROR_LINE.match(line)]
+    text = errors[-1] if errors else (useful[0] if useful else "")
+    return text[:limit] or type(exc).__name__

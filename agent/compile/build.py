@@ -1,0 +1,95 @@
+"""IRModule -> Relax VM executable -> model.so, with TVM's errors translated.
+
+Which side is at fault when a build fails, and why:
+  - TVM's operator errors (tvm.error.OpError and subclasses) mean the model uses something
+    the compiler lacks. Neo reports those as ClientError with its own keywords
+    (OperatorNotImplemented, OperatorAttributeNotImplemented, ...), and so does the agent:
+    the user's remedy is to change the model.
+  - Any other failure after the frontend accepted the model is a defect or limit of the
+    compiler on this device (a pass that crashes, a shape op left unlowered, no C compiler
+    to link with), so it is ServerError("CompilationError", <TVM's line>):
+    the model was valid, and the message is what a maintainer needs to fix it.
+  - MemoryError is left alone: the runner's child reports it as ModelSizeTooBig with the
+    device's memory limit.
+
+The untuned default pipeline is used (`tvm.compile` with the target); tuning is a later stage.
+TVM is imported inside functions, like everywhere in agent.compile.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.compile import summarize_error
+from agent.errors import ClientError, ServerError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tvm
+
+log = logging.getLogger(__name__)
+
+KEYWORD = "CompilationError"
+LIBRARY_NAME = "model.so"
+
+
+def _translate(exc: BaseException, doing: str) -> Exception:
+    import tvm
+
+    keywords = {
+        tvm.error.OpNotImplemented: "OperatorNotImplemented",
+        tvm.error.OpAttributeUnImplemented: "OperatorAttributeNotImplemented",
+        tvm.error.OpAttributeRequired: "OperatorAttributeRequired",
+        tvm.error.OpAttributeInvalid: "OperatorAttributeValueNotValid",
+    }
+    for kind, keyword in keywords.items():
+        if isinstance(exc, kind):
+            return ClientError(keyword, f"{summarize_error(exc)} (TVM 0.27, while {doing})")
+    if isinstance(exc, tvm.error.OpError):
+        return ClientError("OperatorNotImplemented", f"{summarize_error(exc)} (TVM 0.27, while {doing})")
+    return ServerError(KEYWORD, f"TVM 0.27 failed while {doing}: {summarize_error(exc)}")
+
+
+def build(mod: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.runtime.Executable":
+    """Compile a Relax module with TVM's default pipeline for `target`."""
+    import tvm
+
+    start = time.perf_counter()
+    try:
+        executable = tvm.compile(mod, target=target)
+    except MemoryError:
+        raise  # the runner's child reports it as ModelSizeTooBig with the memory limit
+    except Exception as exc:
+        raise _translate(exc, "building the model") from exc
+    log.info("built in %.1f s for %s", time.perf_counter() - start, target)
+    return executable
+
+
+def export(executable: Any, out_dir: Path) -> Path:
+    """Write `out_dir/model.so`, linked by the host's C compiler (what tvm.runtime.load_module loads)."""
+    from tvm.support import cc
+
+    if not cc.get_cc():
+        raise ServerError(KEYWORD, "no C compiler found to link model.so; install gcc on this device")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LIBRARY_NAME
+    start = time.perf_counter()
+    try:
+        executable.export_library(str(path))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, "linking model.so") from exc
+    log.info("exported %s (%d bytes) in %.1f s", path, path.stat().st_size, time.perf_counter() - start)
+    return path
+
+
+def build_and_export(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Path) -> tuple[Path, dict[str, float]]:
+    """The compile stage: (model.so path, {"build": s, "export": s})."""
+    start = time.perf_counter()
+    executable = build(mod, target)
+    built = time.perf_counter()
+    path = export(executable, out_dir)
+    return path, {"build": built - start, "export": time.perf_counter() - built}

@@ -1,0 +1,105 @@
+"""metrics.json: what a compilation job measured. THIS LAYOUT IS A CONTRACT.
+
+Dashboards, the demo and users' scripts read these keys; add keys freely, never rename or
+remove one. The file is uploaded beside the artifact as `<model>-<target>.metrics.json`,
+packed inside it as `metrics.json`, and returned in DescribeCompilationJob's record.
+
+    {
+      "tvm":         ENGINE,               the compiled model, through agent.runtime
+      "onnxruntime": ENGINE,               the reference: the user's .onnx on onnxruntime's CPU provider
+      "speedup_vs_onnxruntime": float,     onnxruntime p50 / tvm p50 (> 1 means TVM is faster)
+      "verification": {
+        "passed": bool, "max_abs_error": float|null, "max_rel_error": float|null,
+        "rtol": float, "atol": float,      the tolerances: |tvm - ort| <= atol + rtol * |ort|
+        "mismatched": int, "elements": int, "error": str|null,
+        "outputs": [{"name", "passed", "max_abs_error", "max_rel_error", ...}, ...]
+      },
+      "compile_seconds": float,            ONNX load + shape folding + import + build + link
+      "compile_breakdown_s": {"load", "fold", "import", "build", "export"},
+      "target": {"kind": "llvm", "mtriple", "mcpu", "num-cores", ["mattr"]},   the TVM target
+      "device": {"cpu", "arch", "logical_cores", "physical_cores", "memory_mb", "os", "python"},
+      "threads": int,                      intra-op threads given to both engines
+      "tuned": false,                      no MetaSchedule tuning yet
+      "method": {...},                     how latency was measured (BenchConfig and the rules)
+      "versions": {"agent", "tvm", "tvm_ffi", "onnx", "onnxruntime", "onnxslim", "numpy", "python"},
+      "inputs":  [{"name", "shape", "dtype"}],    the static shapes compiled for
+      "outputs": [{"name", "shape", "dtype"}],
+      "data_input_config": str,            the shapes as a DataInputConfig; "derived": bool
+    }
+
+    ENGINE = {
+      "latency_ms": {"mean", "p50", "p90", "p95", "p99", "min", "max", "stdev", ...},
+      "throughput_per_s": float,           timed iterations / timed seconds (one stream)
+      "first_inference_ms": float,         the first run after load, cold caches included
+      "peak_rss_mb": float,                the engine's own process, MiB
+      "load_ms", "iterations", "duration_s", "warmup_runs", "threads", "version"
+    }
+
+When verification fails the job fails before benchmarking; the metrics gathered so far (with
+"verification" and no engine latencies) are still written to the job's folder and carried on
+the ClientError as `.metrics`.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+LATENCY_KEYS = ("mean", "p50", "p90", "p95", "p99", "min", "max", "stdev")
+ENGINE_KEYS = ("latency_ms", "throughput_per_s", "first_inference_ms", "peak_rss_mb")
+CONTRACT_KEYS = ("tvm", "onnxruntime", "speedup_vs_onnxruntime", "verification", "compile_seconds",
+                 "target", "device", "threads", "tuned", "method", "versions", "inputs")
+_DISTRIBUTIONS = {"agent": "neo-edge-agent", "tvm": "apache-tvm", "tvm_ffi": "apache-tvm-ffi", "onnx": "onnx",
+                  "onnxruntime": "onnxruntime", "onnxslim": "onnxslim", "numpy": "numpy"}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions, read from package metadata so nothing heavy is imported."""
+    found = {}
+    for key, dist in _DISTRIBUTIONS.items():
+        try:
+            found[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[key] = "not installed"
+    found["python"] = platform.python_version()
+    return found
+
+
+def engine_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """One engine's entry from run_engine's result dict (the contract keys first)."""
+    out = {key: result.get(key) for key in ENGINE_KEYS}
+    for key in ("load_ms", "iterations", "duration_s", "warmup_runs", "threads", "version", "engine"):
+        if key in result:
+            out[key] = result[key]
+    return out
+
+
+def speedup(tvm: dict[str, Any], onnxruntime: dict[str, Any]) -> float | None:
+    """onnxruntime p50 / tvm p50; None when either has no latency."""
+    try:
+        return float(onnxruntime["latency_ms"]["p50"]) / float(tvm["latency_ms"]["p50"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def verification(report: dict[str, Any], output_names: list[str]) -> dict[str, Any]:
+    """bench.verify.compare's report with the outputs named."""
+    out = dict(report)
+    out["outputs"] = [dict(o, name=output_names[o["index"]] if o["index"] < len(output_names) else None)
+                      for o in report.get("outputs", [])]
+    return out
+
+
+def method(bench: Any) -> dict[str, Any]:
+    """How the numbers were measured, so two metrics files can be compared fairly."""
+    return {
+        "warmup_runs": bench.warmup_runs,
+        "warmup_seconds": bench.warmup_seconds,
+        "min_iterations": bench.min_iterations,
+        "min_seconds": bench.min_seconds,
+        "max_seconds": bench.max_seconds,
+        "threads": bench.threads,
+        "scenario": "single stream: one inference at a time, each timed on its own",
+        "process": "a fresh process per engine, inputs identical for both",
+        "inputs": "random, seed 0: floats uniform in [0, 1), integers in [0, 10)",
+    }

@@ -1,0 +1,329 @@
+"""The compilation pipeline: the stages that run inside a job's compile child.
+
+    fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one .onnx
+    prepare    5-15%  DataInputConfig checked or derived, graph frozen and folded, Relax import
+    compile   15-45%  host target (CompilerOptions) -> TVM build -> model.so + metadata.json
+    verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
+    benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
+    package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
+    upload    95-100% the archive and <model>-<target>.metrics.json to S3OutputLocation
+
+`run(job, config, workdir, report)` returns a Result, or raises a JobFailure whose reason
+becomes the job's FailureReason. The keywords raised here (others come from the modules
+called: storage, compile, bench):
+
+    ClientError: InputConfiguration   not exactly one .onnx in the archive; Framework not ONNX
+    ClientError: VerificationFailed   TVM's outputs differ from onnxruntime's beyond the agent's
+                                      tolerances. A ClientError, as Neo's OperatorNotImplemented
+                                      is: retrying cannot help, and the remedies (another export
+                                      of the model, a looser tolerance) are the user's.
+
+The job folder holds input/ (the download), model/ (unpacked), artifact/ (model.so,
+metadata.json, metrics.json), verify/ (the .npz tensors) and out/ (the archive). metrics.json
+is a contract: see agent.metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from agent import metrics as metrics_contract
+from agent.config import AgentConfig
+from agent.errors import ClientError
+from agent.jobs.job import Job
+
+log = logging.getLogger(__name__)
+
+# Where each stage starts and ends on the job's 0-100 progress scale.
+STAGES = {
+    "fetch": (0.0, 5.0),
+    "prepare": (5.0, 15.0),
+    "compile": (15.0, 45.0),
+    "verify": (45.0, 55.0),
+    "benchmark": (55.0, 90.0),
+    "package": (90.0, 95.0),
+    "upload": (95.0, 100.0),
+}
+MAX_MODEL_BYTES = 4 * 2**30  # the download; ONNX itself stops at 2 GiB without external data
+MAX_EXTRACTED_BYTES = 8 * 2**30
+MAX_ARCHIVE_MEMBERS = 10_000
+INPUT_SEED = 0
+ARTIFACT_FILES = ("model.so", "metadata.json", "metrics.json")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".onnx")
+
+
+class Reporter(Protocol):
+    def stage(self, stage: str, percent: float, message: str = "") -> None: ...
+    def derived(self, data_input_config: str) -> None: ...
+
+
+@dataclasses.dataclass
+class Result:
+    artifact_uri: str
+    artifact_digest: str
+    metrics: dict
+    local_artifact: Path
+
+
+class _Progress:
+    """Stage announcements with percent that never goes backwards."""
+
+    def __init__(self, report: Reporter):
+        self.report = report
+        self.percent = 0.0
+
+    def __call__(self, stage: str, fraction: float = 0.0, message: str = "") -> None:
+        start, end = STAGES[stage]
+        self.percent = max(self.percent, start + (end - start) * min(max(fraction, 0.0), 1.0))
+        self.report.stage(stage, round(self.percent, 1), message)
+
+
+def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Result:
+    """Every stage, in order; see the module docstring."""
+    from agent.compile import build, datainput, onnx_frontend, target
+
+    workdir = Path(workdir)
+    progress = _Progress(report)
+    deadline = (job.start_time or time.time()) + job.max_runtime
+
+    progress("fetch", 0, f"downloading {_redacted(job.input_config.get('S3Uri', ''))}")
+    model_path, stem = fetch(job, workdir)
+
+    progress("prepare", 0, f"reading {model_path.name}")
+    imported = onnx_frontend.load_and_import(model_path, job.input_config.get("DataInputConfig"))
+    if imported.derived_config is not None:
+        report.derived(imported.derived_config)
+    progress("prepare", 1, f"inputs {_shapes_text(imported.inputs)}")
+
+    output_config = job.output_config
+    target.check_platform(output_config)
+    tvm_target, target_desc = target.host_target(output_config.get("CompilerOptions"))
+    progress("compile", 0, f"building for {target_desc['mcpu']} ({target_desc['num-cores']} cores)")
+    artifact = workdir / "artifact"
+    _, build_seconds = build.build_and_export(imported.mod, tvm_target, artifact)
+    breakdown = {**imported.seconds, **build_seconds}
+    _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc))
+    progress("compile", 1, f"built in {sum(build_seconds.values()):.1f} s")
+
+    metrics = {
+        "verification": None, "compile_seconds": round(sum(breakdown.values()), 3),
+        "compile_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
+        "target": target_desc, "device": target.device_description(), "threads": config.bench.threads,
+        "tuned": False, "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
+        "inputs": [s.to_dict() for s in imported.inputs], "outputs": [s.to_dict() for s in imported.outputs],
+        "data_input_config": datainput.to_json(imported.shapes), "derived": imported.derived_config is not None,
+    }
+    progress("verify", 0, "running TVM and onnxruntime on the same inputs")
+    inputs_npz = _make_inputs(workdir / "verify", imported.inputs)
+    metrics["verification"] = verify(model_path, artifact, inputs_npz, config, deadline,
+                                     [s.name for s in imported.outputs])
+    if not metrics["verification"]["passed"]:
+        _write_json(artifact / "metrics.json", _ordered(metrics))
+        failure = ClientError("VerificationFailed", _mismatch_text(metrics["verification"]))
+        failure.metrics = _ordered(metrics)
+        raise failure
+    progress("verify", 1, f"outputs match (max abs error {metrics['verification']['max_abs_error']:.3g})")
+
+    from agent.bench import run_engine
+
+    for index, engine in enumerate(("onnxruntime", "tvm")):
+        progress("benchmark", index / 2, f"timing {engine}")
+        source = model_path if engine == "onnxruntime" else artifact
+        metrics[engine] = metrics_contract.engine_metrics(run_engine(
+            engine, source, inputs_npz, threads=config.bench.threads, bench=config.bench,
+            timeout_s=_remaining(deadline)))
+    metrics["speedup_vs_onnxruntime"] = metrics_contract.speedup(metrics["tvm"], metrics["onnxruntime"])
+    metrics = _ordered(metrics)
+    progress("benchmark", 1, _latency_text(metrics))
+
+    name = f"{stem}-{target_name(output_config)}"
+    progress("package", 0, f"packing {name}.tar.gz")
+    archive, digest = package(artifact, metrics, workdir / "out" / f"{name}.tar.gz")
+
+    progress("upload", 0, f"uploading to {output_config.get('S3OutputLocation', '')}")
+    artifact_uri = upload(archive, artifact / "metrics.json", output_config, name)
+    progress("upload", 1, f"uploaded {artifact_uri}")
+    return Result(artifact_uri=artifact_uri, artifact_digest=digest, metrics=metrics, local_artifact=archive)
+
+
+# --- stages --------------------------------------------------------------------------------
+def fetch(job: Job, workdir: Path) -> tuple[Path, str]:
+    """Download the model; returns (path of the one .onnx, the name stem for the artifact)."""
+    from agent.storage import download, parse, safe_extract
+
+    framework = job.input_config.get("Framework", "ONNX")
+    if framework != "ONNX":
+        raise ClientError("InputConfiguration", f"Framework {framework} is not supported by this agent; "
+                                                "it compiles ONNX models")
+    uri = job.input_config.get("S3Uri", "")
+    location = parse(uri)
+    filename = PurePosixPath(location.key or location.path or "").name or "model.tar.gz"
+    downloaded = download(uri, workdir / "input" / filename, max_bytes=MAX_MODEL_BYTES)
+    stem = _stem(filename)
+    if filename.lower().endswith(".onnx"):
+        return downloaded, stem
+    files = safe_extract(downloaded, workdir / "model", max_total_bytes=MAX_EXTRACTED_BYTES,
+                         max_members=MAX_ARCHIVE_MEMBERS)
+    root = workdir / "model"
+    candidates = [f for f in files if f.suffix.lower() == ".onnx" and not _is_junk(f.relative_to(root))]
+    if len(candidates) != 1:
+        names = ", ".join(str(f.relative_to(root)) for f in candidates) or "none"
+        raise ClientError("InputConfiguration", f"Exactly one .onnx file is allowed for ONNX model, "
+                                                f"found {len(candidates)}: {names}")
+    return candidates[0], stem
+
+
+def verify(model_path: Path, artifact: Path, inputs_npz: Path, config: AgentConfig, deadline: float,
+           output_names: list[str]) -> dict[str, Any]:
+    """Both engines on the same inputs; the comparison report (see agent.bench.verify)."""
+    from agent.bench import compare, load_npz, run_engine
+
+    folder = inputs_npz.parent
+    outputs = {}
+    for engine, source in (("onnxruntime", model_path), ("tvm", artifact)):
+        npz = folder / f"{engine}-outputs.npz"
+        run_engine(engine, source, inputs_npz, threads=config.bench.threads, outputs_npz=npz,
+                   timeout_s=_remaining(deadline))
+        outputs[engine] = list(load_npz(npz).values())
+    report = compare(outputs["tvm"], outputs["onnxruntime"], rtol=config.verify.rtol, atol=config.verify.atol)
+    return metrics_contract.verification(report, output_names)
+
+
+def package(artifact: Path, metrics: dict, out: Path) -> tuple[Path, str]:
+    """metrics.json into the artifact folder, then the deterministic archive and its BLAKE2b."""
+    from agent.storage import digest, pack
+
+    _write_json(artifact / "metrics.json", metrics)
+    archive = pack({name: artifact / name for name in ARTIFACT_FILES}, out)
+    return archive, digest(archive)
+
+
+def upload(archive: Path, metrics_json: Path, output_config: dict, name: str) -> str:
+    """The archive, then `<name>.metrics.json` beside it; returns the archive's URI."""
+    from agent.storage import join
+    from agent.storage import upload as put
+
+    location, kms = output_config.get("S3OutputLocation", ""), output_config.get("KmsKeyId")
+    uri = put(archive, join(location, archive.name), kms_key_id=kms)
+    put(metrics_json, join(location, f"{name}.metrics.json"), kms_key_id=kms)
+    return uri
+
+
+# --- helpers -------------------------------------------------------------------------------
+def target_name(output_config: dict) -> str:
+    """TargetDevice (ml_c5, rasp4b, ...) or OS_ARCH for a TargetPlatform, as artifact names read."""
+    if output_config.get("TargetDevice"):
+        return str(output_config["TargetDevice"])
+    platform_ = output_config.get("TargetPlatform") or {}
+    if platform_:
+        parts = [platform_.get("Os", "LINUX"), platform_.get("Arch", "")]
+        return "_".join(p for p in parts + [platform_.get("Accelerator", "")] if p)
+    import platform as host
+
+    from agent.compile.target import MACHINE_ARCH
+
+    return f"LINUX_{MACHINE_ARCH.get(host.machine().lower(), host.machine().upper())}"
+
+
+def _redacted(uri: str) -> str:
+    """A URI fit for progress messages: a presigned URL's signature stays out of events and logs."""
+    from agent.storage import parse
+
+    try:
+        return parse(uri).redacted()
+    except ClientError:
+        return "(invalid URI)"
+
+
+def _stem(filename: str) -> str:
+    lower = filename.lower()
+    for suffix in ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return filename or "model"
+
+
+def _is_junk(rel: Path) -> bool:
+    """macOS tar adds ._name resource forks and __MACOSX/; they are not models."""
+    return rel.name.startswith("._") or "__MACOSX" in rel.parts
+
+
+def _make_inputs(folder: Path, specs: list) -> Path:
+    from agent.bench import make_inputs, save_npz
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_npz(folder / "inputs.npz", make_inputs([s.to_dict() for s in specs], seed=INPUT_SEED))
+
+
+def _metadata(job: Job, imported: Any, target_desc: dict) -> dict:
+    """metadata.json: what agent.runtime needs to load and check, and where the artifact came from."""
+    from agent.compile import datainput
+
+    return {
+        "format": "neo-edge-agent/1",
+        "library": "model.so",
+        "entry": "main",
+        "framework": "ONNX",
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [s.to_dict() for s in imported.outputs],
+        "data_input_config": datainput.to_json(imported.shapes),
+        "opset": imported.opset,
+        "target": target_desc,
+        "versions": metrics_contract.versions(),
+        "created_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "job": {"name": job.name, "arn": job.arn},
+        "request": job.request,
+    }
+
+
+def _ordered(metrics: dict) -> dict:
+    """The contract's keys first, in the documented order; the rest after."""
+    head = {key: metrics.get(key) for key in metrics_contract.CONTRACT_KEYS}
+    return {**head, **{k: v for k, v in metrics.items() if k not in head}}
+
+
+def _remaining(deadline: float) -> float:
+    """Time left for a worker; the child's own alarm ends the job at the deadline anyway."""
+    return max(1.0, deadline - time.time())
+
+
+def _mismatch_text(report: dict) -> str:
+    bad = next((o for o in report.get("outputs", []) if not o.get("passed")), None)
+    if report.get("error"):
+        return f"TVM's outputs do not match onnxruntime's: {report['error']}"
+    if bad and bad.get("error"):
+        return f"TVM's output {bad.get('name')!r} does not match onnxruntime's: {bad['error']}"
+    where = f"output {bad.get('name')!r}: " if bad else ""
+    abs_err = bad.get("max_abs_error") if bad else report.get("max_abs_error")
+    count = f"{bad['mismatched']} of {bad['elements']} elements" if bad else "some elements"
+    return (f"TVM's outputs differ from onnxruntime's on the same inputs; {where}max abs error "
+            f"{_num(abs_err)} > tolerance (atol {report['atol']:g} + rtol {report['rtol']:g} * |reference|) "
+            f"in {count}")
+
+
+def _num(value: float | None) -> str:
+    return "inf/nan" if value is None else f"{value:.3g}"
+
+
+def _shapes_text(specs: list) -> str:
+    return ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
+
+
+def _latency_text(metrics: dict) -> str:
+    try:
+        return (f"p50 tvm {metrics['tvm']['latency_ms']['p50']:.3f} ms, onnxruntime "
+                f"{metrics['onnxruntime']['latency_ms']['p50']:.3f} ms")
+    except (KeyError, TypeError):
+        return "benchmark done"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,96 @@
+"""Build + export + agent.runtime.load, against onnxruntime; build error translation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent import runtime
+from agent.compile import build, onnx_frontend, target
+from agent.errors import ClientError, ServerError
+from agent.samples import make_sample_model
+from tests.compile.helpers import compile_artifact, onnxruntime_outputs
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return make_sample_model(tmp_path_factory.mktemp("sample") / "model.onnx")
+
+
+@pytest.mark.parametrize("config, batch", [(None, 1), ('{"input": [3, 3, 64, 64]}', 3)])
+def test_round_trip_matches_onnxruntime(sample, tmp_path, config, batch):
+    artifact = compile_artifact(sample, tmp_path / "artifact", config)
+    assert (artifact / "model.so").stat().st_size > 0
+    model = runtime.load(artifact)
+    x = np.random.default_rng(1).random((batch, 3, 64, 64), dtype=np.float32)
+    got = model.run({"input": x})
+    want = onnxruntime_outputs(sample, {"input": x})
+    assert [g.shape for g in got] == [(batch, 10), (batch, 10)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_build_and_export_times_each_step(sample, tmp_path):
+    imported = onnx_frontend.load_and_import(sample, None)
+    tvm_target, _ = target.host_target()
+    path, seconds = build.build_and_export(imported.mod, tvm_target, tmp_path / "out")
+    assert path == tmp_path / "out" / "model.so" and path.is_file()
+    assert set(seconds) == {"build", "export"} and all(s > 0 for s in seconds.values())
+
+
+@pytest.fixture
+def imported_and_target(sample):
+    imported = onnx_frontend.load_and_import(sample, None)
+    return imported.mod, target.host_target()[0]
+
+
+@pytest.mark.parametrize("error_name, keyword", [
+    ("OpNotImplemented", "OperatorNotImplemented"),
+    ("OpAttributeUnImplemented", "OperatorAttributeNotImplemented"),
+    ("OpAttributeRequired", "OperatorAttributeRequired"),
+    ("OpAttributeInvalid", "OperatorAttributeValueNotValid"),
+])
+def test_operator_errors_in_the_build_are_client_errors(imported_and_target, monkeypatch, error_name, keyword):
+    import tvm
+
+    def failing(*args, **kwargs):
+        raise getattr(tvm.error, error_name)("topi.nn.conv2d: layout NCHW4c is not supported")
+
+    monkeypatch.setattr(tvm, "compile", failing)
+    with pytest.raises(ClientError) as excinfo:
+        build.build(*imported_and_target)
+    assert excinfo.value.keyword == keyword
+    assert "layout NCHW4c is not supported" in excinfo.value.detail
+
+
+def test_other_build_failures_are_server_compilation_errors(imported_and_target, monkeypatch):
+    import tvm
+
+    def failing(*args, **kwargs):
+        raise tvm.error.InternalError("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                      "InternalError: Check failed: shape op left unlowered")
+
+    monkeypatch.setattr(tvm, "compile", failing)
+    with pytest.raises(ServerError) as excinfo:
+        build.build(*imported_and_target)
+    assert excinfo.value.reason == ("ServerError: CompilationError: TVM 0.27 failed while building the model: "
+                                    "InternalError: Check failed: shape op left unlowered")
+
+
+def test_memory_errors_are_left_to_the_child(imported_and_target, monkeypatch):
+    import tvm
+
+    def failing(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(tvm, "compile", failing)
+    with pytest.raises(MemoryError):
+        build.build(*imported_and_target)
+
+
+def test_export_without_a_c_compiler(imported_and_target, monkeypatch, tmp_path):
+    from tvm.support import cc
+
+    executable = build.build(*imported_and_target)
+    monkeypatch.setattr(cc, "get_cc", lambda: None)
+    with pytest.raises(ServerError, match="no C compiler found to link model.so; install gcc"):
+        build.export(executable, tmp_path)

@@ -1,0 +1,83 @@
+"""The host target, CompilerOptions, TargetPlatform checks and the device description."""
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from agent.compile import target
+from agent.errors import ClientError
+
+HOST_ARCH = target.MACHINE_ARCH.get(platform.machine().lower(), "")
+OTHER_ARCH = "ARM64" if HOST_ARCH == "X86_64" else "X86_64"
+OTHER_CPU = {"X86_64": "skylake", "ARM64": "cortex-a72"}.get(HOST_ARCH, "generic")
+
+
+def test_host_target_names_cpu_cores_and_triple():
+    tvm_target, desc = target.host_target()
+    assert desc["kind"] == "llvm"
+    assert desc["num-cores"] == target.physical_cores() >= 1
+    assert desc["mcpu"] and desc["mcpu"] != "generic"
+    assert desc["mtriple"].split("-")[0] in (platform.machine(), "x86_64", "aarch64", "armv7l")
+    assert "conda" not in desc["mtriple"]
+    assert str(tvm_target.attrs["mcpu"]) == desc["mcpu"]
+    assert int(tvm_target.attrs["num-cores"]) == desc["num-cores"]
+
+
+@pytest.mark.parametrize("options", [
+    '{"mcpu": "%s", "mattr": ["+sse2"]}' % OTHER_CPU,
+    "{'mcpu': '%s', 'mattr': ['+sse2']}" % OTHER_CPU,   # the quoting Neo's docs show
+    {"mcpu": OTHER_CPU, "mattr": "+sse2"},
+])
+def test_compiler_options_override_mcpu_and_add_mattr(options):
+    _, desc = target.host_target(options)
+    assert desc["mcpu"] == OTHER_CPU
+    assert desc["mattr"] == ["+sse2"]
+
+
+@pytest.mark.parametrize("options, words", [
+    ('{"mcpu": "no-such-cpu"}', "CompilerOptions mcpu 'no-such-cpu' is not a CPU LLVM knows"),
+    ('{"mattr": ["neon"]}', "CompilerOptions mattr must be a list like ['+neon']"),
+    ('{"mattr": 5}', "CompilerOptions mattr must be a list"),
+    ("not json", "CompilerOptions must be a JSON object"),
+    ("[1, 2]", "CompilerOptions must be a JSON object"),
+])
+def test_bad_compiler_options(options, words):
+    with pytest.raises(ClientError) as excinfo:
+        target.host_target(options)
+    assert excinfo.value.keyword == "InputConfiguration"
+    assert words in excinfo.value.detail
+
+
+def test_platform_of_this_host_is_accepted():
+    target.check_platform({"TargetPlatform": {"Os": "LINUX", "Arch": HOST_ARCH}})
+    target.check_platform({"TargetDevice": "ml_c5"})
+    target.check_platform({})
+
+
+@pytest.mark.parametrize("platform_, words", [
+    ({"Os": "LINUX", "Arch": OTHER_ARCH}, f"TargetPlatform Arch {OTHER_ARCH} is not this device's architecture"),
+    ({"Os": "ANDROID", "Arch": HOST_ARCH}, "TargetPlatform Os ANDROID is not this device's OS"),
+    ({"Os": "LINUX", "Arch": HOST_ARCH, "Accelerator": "NVIDIA"}, "Accelerator NVIDIA is not supported"),
+])
+def test_platform_this_host_cannot_compile_for(platform_, words):
+    with pytest.raises(ClientError) as excinfo:
+        target.check_platform({"TargetPlatform": platform_})
+    assert excinfo.value.keyword == "InputConfiguration" and words in excinfo.value.detail
+
+
+def test_device_description():
+    desc = target.device_description()
+    assert set(desc) >= {"cpu", "arch", "logical_cores", "physical_cores", "memory_mb", "os"}
+    assert desc["arch"] == platform.machine() and desc["memory_mb"] > 0 and desc["cpu"]
+
+
+@pytest.mark.parametrize("text, name", [
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU\n", "Intel(R) Xeon(R) CPU"),
+    ("processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\nModel\t: Raspberry Pi 4 Model B\n",
+     "BCM2835"),
+])
+def test_cpu_model_name_from_cpuinfo(tmp_path, text, name):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    assert target.cpu_model_name(path) == name
