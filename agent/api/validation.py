@@ -17,6 +17,7 @@ import platform
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from agent.compile import options as compiler_options
 from agent.errors import ValidationException
 from agent.jobs.job import MAX_RUNTIME_LIMIT
 
@@ -34,8 +35,6 @@ VERSIONED_FRAMEWORKS = frozenset({"MXNET", "PYTORCH", "TENSORFLOW", "TFLITE"})
 # Neo: PyTorch alone may give DataInputConfig as a list of shapes.
 LIST_SHAPE_FRAMEWORKS = frozenset({"PYTORCH"})
 
-COMPILER_OPTION_KEYS = ("mcpu", "mattr", "dtype")
-SUPPORTED_DTYPES = ("float32", "float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,38 +195,10 @@ def parse_data_input_config(text: str, framework: str) -> dict[str, list[int]] |
 
 def parse_compiler_options(text: str) -> dict[str, Any]:
     """CompilerOptions' JSON object, with only the keys this device's compiler honours."""
-    field = "OutputConfig.CompilerOptions"
     try:
-        options = json.loads(text)
-    except ValueError:
-        raise ValidationException(f"{field} must be a JSON object; got {text!r}.") from None
-    if not isinstance(options, dict):
-        raise ValidationException(f"{field} must be a JSON object; got {text!r}.")
-    unknown = [key for key in options if key not in COMPILER_OPTION_KEYS]
-    if unknown:
-        raise ValidationException(
-            f"{field}: {', '.join(unknown)} not supported on this device; "
-            f"it accepts {', '.join(COMPILER_OPTION_KEYS)}."
-        )
-    if "mcpu" in options and not (isinstance(options["mcpu"], str) and options["mcpu"]):
-        raise ValidationException(f"{field}: mcpu must be a non-empty string, e.g. \"skylake-avx512\".")
-    mattr = options.get("mattr")
-    if mattr is not None and not _is_mattr(mattr):
-        raise ValidationException(
-            f'{field}: mattr must be a list of strings, e.g. ["+neon", "+vfpv4"], or one string "+neon,+vfpv4".'
-        )
-    if "dtype" in options and options["dtype"] not in SUPPORTED_DTYPES:
-        raise ValidationException(
-            f"{field}: dtype {options['dtype']!r} is not supported on this device; "
-            f"it accepts {', '.join(SUPPORTED_DTYPES)}."
-        )
-    return options
-
-
-def _is_mattr(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(value)
-    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+        return compiler_options.parse(text)
+    except compiler_options.OptionsError as exc:
+        raise ValidationException(str(exc)) from None
 
 
 def _check_output_config(config: dict[str, Any]) -> None:

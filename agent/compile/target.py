@@ -18,13 +18,13 @@ TVM is imported inside functions; `device_description()` needs no TVM at all.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.compile import options as compiler_options
 from agent.errors import ClientError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,20 +67,11 @@ def host_triple() -> str:
 
 
 def parse_compiler_options(text: str | dict | None) -> dict[str, Any]:
-    """CompilerOptions as a dict; JSON or the Python-literal form Neo's docs show."""
-    if not text:
-        return {}
-    if isinstance(text, dict):
-        return dict(text)
-    for reader in (json.loads, ast.literal_eval):
-        try:
-            value = reader(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ClientError(KEYWORD, f"CompilerOptions must be a JSON object, e.g. {{\"mcpu\": \"skylake-avx512\"}}; "
-                               f"got {text[:100]!r}")
+    """CompilerOptions as a dict, by the same rules the API applied at CreateCompilationJob."""
+    try:
+        return compiler_options.parse(text)
+    except compiler_options.OptionsError as exc:
+        raise ClientError(KEYWORD, str(exc)) from None
 
 
 def check_platform(output_config: dict[str, Any]) -> None:

@@ -37,8 +37,8 @@ def test_compiler_options_override_mcpu_and_add_mattr(options):
 
 @pytest.mark.parametrize("options, words", [
     ('{"mcpu": "no-such-cpu"}', "CompilerOptions mcpu 'no-such-cpu' is not a CPU LLVM knows"),
-    ('{"mattr": ["neon"]}', "CompilerOptions mattr must be a list like ['+neon']"),
-    ('{"mattr": 5}', "CompilerOptions mattr must be a list"),
+    ('{"mattr": ["neon"]}', "CompilerOptions: mattr must be a list of strings"),
+    ('{"mattr": 5}', "CompilerOptions: mattr must be a list of strings"),
     ("not json", "CompilerOptions must be a JSON object"),
     ("[1, 2]", "CompilerOptions must be a JSON object"),
 ])
