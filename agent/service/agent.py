@@ -29,8 +29,12 @@ class Agent:
         self.events = EventBus()
         self.store = JobStore(config.db_path, self.events, clock=clock)
         self.runner = Runner(self.store, config, clock=clock)
-        self.api = CompilationService(self.store, self.runner, config)
+        self.api = self.api_for("")
         self._started = False
+
+    def api_for(self, channel: str) -> CompilationService:
+        """The API as a transport sees it: jobs it creates record `channel` as their origin."""
+        return CompilationService(self.store, self.runner, self.config, channel=channel)
 
     def start(self) -> "Agent":
         self.runner.start()
