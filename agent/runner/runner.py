@@ -234,7 +234,14 @@ class Runner:
             )
             log.info("COMPLETED: %s", outcome.result["artifact_uri"], extra={"job": name})
             return
-        if job.status == Status.STOPPING or outcome.stopped:
+        if job.status == Status.STOPPING:
+            status, reason = Status.STOPPED, ""
+        elif self._closing and not outcome.failure:
+            # The agent is shutting down: whether the child acknowledged SIGTERM or had to be
+            # killed after the grace period, the truth is the same.
+            status = Status.FAILED
+            reason = ServerError("AgentShutdown", f"the agent shut down while the job was in stage {job.stage}").reason
+        elif outcome.stopped:
             status, reason = Status.STOPPED, ""
         elif outcome.killed_for == "memory":
             detail = f"peak {outcome.peak_rss_mb:.0f} MiB in stage {job.stage}"
@@ -249,9 +256,6 @@ class Runner:
             reason = ServerError(
                 "", f"the compile process ended ({how}) in stage {job.stage} without a result; see the job log"
             ).reason
-        if self._closing and status == Status.STOPPED and job.status != Status.STOPPING:
-            status = Status.FAILED
-            reason = ServerError("AgentShutdown", f"the agent shut down while the job was in stage {job.stage}").reason
         self.store.transition(name, status, end_time=now, pid=None, failure_reason=reason)
         log.info("%s %s", status.value, reason, extra={"job": name})
 

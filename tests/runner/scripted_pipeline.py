@@ -1,7 +1,8 @@
 """A pipeline that does what the job's `test-script` tag says, for runner tests.
 
 The runner's job is process management: deadlines, Stop, memory, restarts. These need
-timings a real compile cannot promise, so the tests script them. Steps, ';'-separated:
+timings a real compile cannot promise, so the tests script them. Steps are separated by
+spaces (SageMaker's tag pattern allows them; a job made through the API must use them) or ';':
     stage=NAME           report a stage
     sleep=SECONDS        sleep (interruptible, in Python)
     ignore-term          ignore SIGTERM from here on (a child stuck where Stop cannot reach it)
@@ -32,7 +33,7 @@ class Result:
 def run(job, config, workdir, report):
     tags = {t["Key"]: t["Value"] for t in job.request.get("Tags", [])}
     held = []
-    for step in filter(None, tags.get("test-script", "").split(";")):
+    for step in tags.get("test-script", "").replace(";", " ").split():
         key, _, value = step.partition("=")
         if key == "stage":
             report.stage(value, 50.0)

@@ -36,10 +36,10 @@ def test_success_records_artifact_metrics_and_times(harness):
 
 def test_pipeline_failure_becomes_failure_reason(harness):
     store, runner = harness()
-    submit(store, runner, scripted_job("bad", "fail=no onnx file"))
+    submit(store, runner, scripted_job("bad", "fail=no_onnx_file"))
     job = wait_terminal(store, "bad")
     assert job.status == Status.FAILED
-    assert job.failure_reason == "ClientError: InputConfiguration: no onnx file"
+    assert job.failure_reason == "ClientError: InputConfiguration: no_onnx_file"
 
 
 def test_child_that_dies_without_a_word_fails_the_job(harness):
@@ -53,9 +53,9 @@ def test_child_that_dies_without_a_word_fails_the_job(harness):
 
 def test_derived_input_config_is_recorded(harness):
     store, runner = harness()
-    submit(store, runner, scripted_job("derive", 'derive={"input": [1, 3, 8, 8]}'))
+    submit(store, runner, scripted_job("derive", 'derive={"input":[1,3,8,8]}'))
     job = wait_terminal(store, "derive")
-    assert job.derived_input_config == '{"input": [1, 3, 8, 8]}'
+    assert job.derived_input_config == '{"input":[1,3,8,8]}'
 
 
 def test_max_runtime_child_deadline(harness):
@@ -235,4 +235,20 @@ def test_shutdown_fails_running_job_cleanly_and_keeps_queue(tmp_path):
         assert wait_terminal(store, "later").status == Status.COMPLETED
     finally:
         runner2.shutdown(timeout=10)
+        store.close()
+
+
+def test_shutdown_with_a_child_that_ignores_sigterm_still_says_agent_shutdown(tmp_path):
+    config = make_config(tmp_path, stop_grace_s=0.5)
+    store = JobStore(config.db_path)
+    runner = Runner(store, config)
+    runner.start()
+    try:
+        submit(store, runner, scripted_job("deaf", "ignore-term stage=compile sleep=60"))
+        pid = wait_for(store, "deaf", lambda j: j.stage == "compile").pid
+        runner.shutdown(timeout=15)
+        job = store.get("deaf")
+        assert job.status == Status.FAILED and job.failure_reason.startswith("ServerError: AgentShutdown:")
+        assert gone(pid)
+    finally:
         store.close()
