@@ -2,6 +2,8 @@
 
     neo-agent compile REQUEST.json   run one CreateCompilationJob request in the foreground
     neo-agent demo                   the whole flow on embedded defaults: S3 server, model, request
+    neo-agent run                    serve the API (SageMaker's HTTP protocol) until SIGTERM/SIGINT
+    neo-agent submit|describe|list|stop|delete|fleet-job   a device's agent over MQTT (agent/client/cli.py)
 
 Exit codes: 0 the job COMPLETED; 1 it ended FAILED or STOPPED; 2 the request was refused
 (ValidationException and friends) or the configuration is wrong.
@@ -76,6 +78,18 @@ def cmd_demo(args) -> int:
     return demo(state_dir=args.state_dir, keep=args.keep)
 
 
+def cmd_run(args) -> int:
+    from agent.service.daemon import Daemon
+
+    config = AgentConfig.load(state_dir=args.state_dir, http=args.http)
+    # The daemon's life-cycle lines (ready, shutting down, stopped) are what an operator and
+    # systemd's journal need, so they show at INFO whatever --log-level hides.
+    daemon_log = logging.getLogger("agent.service.daemon")
+    if daemon_log.getEffectiveLevel() > logging.INFO:
+        daemon_log.setLevel(logging.INFO)
+    return Daemon(config).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="WARNING", help="agent log level on stderr (default WARNING)")
@@ -91,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="default: a fresh directory under ./.state/")
     p.add_argument("--keep", action="store_true", help="leave the S3 server running until Enter is pressed")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="serve the compilation API until SIGTERM/SIGINT (exit 0 after a clean shutdown)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="where the SageMaker-protocol endpoint listens (default: $NEO_AGENT_HTTP or 127.0.0.1:8573)")
+    p.add_argument("--state-dir", type=Path, help="where jobs are recorded; created if absent "
+                   "(default: $NEO_AGENT_STATE_DIR or $XDG_STATE_HOME/neo-agent)")
+    p.set_defaults(func=cmd_run)
+
+    from agent.client.cli import add_commands  # submit, describe, list, stop, delete, fleet-job (over MQTT)
+
+    add_commands(sub)
     return parser
 
 

@@ -6,7 +6,11 @@
     │   ├── ResourceInUse             the CompilationJobName is taken
     │   ├── ResourceNotFound          no such compilation job
     │   ├── ResourceLimitExceeded     the queue is full
-    │   └── UnknownOperationException an operation this API does not have
+    │   ├── UnknownOperationException an operation this API does not have
+    │   ├── SerializationException    the request body is not a JSON object
+    │   ├── AccessDeniedException     the requester may not do this here (allow-lists, Host check)
+    │   └── (transport-level refusals in agent/transports: RequestTooLargeException, the
+    │        SigV4 errors; each carries SageMaker's code and HTTP status)
     ├── JobFailure                    a job ends FAILED; .reason is Neo's FailureReason
     │   ├── ClientError               the request or the model is at fault (keyword says how)
     │   └── ServerError               this device or the agent is at fault
@@ -67,6 +71,20 @@ class UnknownOperationException(ApiError):
 
     code = "UnknownOperationException"
     http_status = 400
+
+
+class SerializationException(ApiError):
+    """The request is not a JSON object (awsJson's own code for a body it cannot read)."""
+
+    code = "SerializationException"
+    http_status = 400
+
+
+class AccessDeniedException(ApiError):
+    """The requester may not do this on this device (AWS's common error code)."""
+
+    code = "AccessDeniedException"
+    http_status = 403
 
 
 class JobFailure(AgentError):

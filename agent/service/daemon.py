@@ -1,0 +1,176 @@
+"""`neo-agent run`: the agent as a long-running service, serving its transports until told to stop.
+
+    sys.exit(Daemon(AgentConfig.load()).run())
+
+Start: the agent first (store, runner, and the recovery of jobs from the last life), then each
+transport, then one `ready:` line that names every endpoint. A transport that cannot start
+(a port in use) stops the daemon before it says ready, with a ConfigError naming the key.
+
+Stop, on SIGTERM or SIGINT, in two stages (rq's request_stop, arq's grace period):
+  1. every transport stops taking requests (the HTTP listener closes) and answers what it has
+     already read, within TRANSPORT_STOP_TIMEOUT_S;
+  2. the runner stops: a running job's compile group gets SIGTERM, then SIGKILL after
+     stop_grace_s, and the job ends FAILED with `ServerError: AgentShutdown`; queued jobs stay
+     STARTING on disk and run after the next start.
+Then one summary line and exit 0. The whole budget is about stop_grace_s + 10 s, under
+systemd's default TimeoutStopSec of 90 s. A second signal during shutdown forces it: the
+compile groups are killed and the process exits at once with 128 + the signal number; the
+next start finds those jobs and fails them with `ServerError: AgentRestart`.
+
+Adding a transport (MQTT, IoT Core, ...): one more entry in `build_transports`, nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+from agent.config import AgentConfig
+from agent.jobs.job import Status
+from agent.runner.process import kill_leftover_child
+from agent.service.agent import Agent
+from agent.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+TRANSPORT_STOP_TIMEOUT_S = 5.0  # stage 1: each transport's time to answer what it already read
+RUNNER_STOP_MARGIN_S = 5.0  # stage 2 waits stop_grace_s (SIGTERM -> SIGKILL) plus this
+WAIT_SLICE_S = 1.0  # the main loop's wait; signals wake it sooner
+
+
+def build_transports(config: AgentConfig, agent: Agent) -> list[Transport]:
+    """Every transport this agent serves, made from its configuration: the one extension point.
+
+    Each gets the API made for its channel (`agent.api_for(name)`, so jobs record where they
+    came from) and, where it reports back, `agent.events`. Constructing one validates its
+    configuration (ConfigError naming the key); nothing connects or listens until start().
+    """
+    from agent.transports.http import HttpTransport
+
+    transports: list[Transport] = []
+    if config.http:  # NEO_AGENT_HTTP="" turns the endpoint off (a device reached only over MQTT, say)
+        transports.append(
+            HttpTransport(agent.api_for(HttpTransport.name), config.http, credentials=config.http_credentials))
+    if config.mqtt.enabled:  # a plain MQTT broker (mosquitto, say)
+        from agent.transports.mqtt import MqttTransport
+
+        transports.append(MqttTransport.from_agent(agent))
+    if config.iotcore.enabled:  # AWS IoT Core, and IoT Jobs on the same connection
+        from agent.transports.iotcore import iotcore_transports
+
+        transports += iotcore_transports(agent)
+    return transports
+
+
+class Daemon:
+    """The agent and its transports, started and stopped in order; signals drive `run`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        transport_factory: Callable[[AgentConfig, Agent], list[Transport]] = build_transports,
+    ):
+        self.config = config
+        self.transport_factory = transport_factory
+        self.agent: Agent | None = None
+        self.transports: list[Transport] = []
+        self._stop_requested = threading.Event()
+        self._shutting_down = False
+
+    # --- the foreground loop ----------------------------------------------------------
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, shut down; the exit code. Call from the main thread."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            self.start()
+            while not self._stop_requested.wait(WAIT_SLICE_S):
+                pass
+            self.shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return EXIT_OK
+
+    def request_stop(self) -> None:
+        """Begin the two-stage shutdown (what the first SIGTERM or SIGINT does)."""
+        self._stop_requested.set()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self._stop_requested.is_set():
+            log.info("%s: shutting down (send it again to force)", name)
+            self.request_stop()
+            return
+        self._force_exit(signum)
+
+    def _force_exit(self, signum: int) -> None:
+        """The second signal: kill the compile groups and leave now, without the orderly steps."""
+        killed = 0
+        try:
+            if self.agent is not None:
+                for job in self.agent.store.with_status([Status.INPROGRESS, Status.STOPPING]):
+                    killed += kill_leftover_child(job.pid)
+        except Exception:  # the store may be closing under us; the next start cleans up anyway
+            pass
+        log.warning("%s again: forced exit; killed %d compile process group(s); the next start fails "
+                    "their jobs with AgentRestart", signal.Signals(signum).name, killed)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(128 + signum)
+
+    # --- the two halves ---------------------------------------------------------------
+    def start(self) -> None:
+        agent = Agent(self.config)
+        try:
+            self.transports = self.transport_factory(self.config, agent)
+        except BaseException:
+            agent.store.close()
+            raise
+        self.agent = agent.start()
+        started: list[Transport] = []
+        try:
+            for transport in self.transports:
+                transport.start()
+                started.append(transport)
+        except BaseException:
+            self.transports = started  # stop only what started
+            self.shutdown()
+            raise
+        endpoints = ", ".join(_describe(transport) for transport in self.transports) or "no transports"
+        log.info("ready: %s; state %s", endpoints, self.config.state_dir)
+
+    def shutdown(self) -> None:
+        """Stage 1: transports stop taking requests. Stage 2: the runner stops. Safe to call twice."""
+        if self._shutting_down or self.agent is None:
+            return
+        self._shutting_down = True
+        began = time.monotonic()
+        for transport in reversed(self.transports):
+            try:
+                transport.stop(TRANSPORT_STOP_TIMEOUT_S)
+            except Exception:
+                log.exception("transport %s failed to stop cleanly", transport.name)
+        agent = self.agent
+        running = [job.name for job in agent.store.with_status([Status.INPROGRESS, Status.STOPPING])]
+        agent.runner.shutdown(self.config.stop_grace_s + RUNNER_STOP_MARGIN_S)
+        ended = [agent.store.find(name) for name in running]
+        failed = sum(1 for job in ended if job is not None and "AgentShutdown" in (job.failure_reason or ""))
+        unfinished = sum(1 for job in ended if job is not None and not job.status.terminal)
+        queued = agent.store.count([Status.STARTING])
+        agent.shutdown()
+        log.info(
+            "stopped in %.1f s: %d running job(s) ended (%d FAILED with AgentShutdown)%s, "
+            "%d queued job(s) kept for the next start",
+            time.monotonic() - began, len(running), failed,
+            f", {unfinished} still unfinished" if unfinished else "", queued,
+        )
+
+
+def _describe(transport: Transport) -> str:
+    url = getattr(transport, "url", "")
+    return f"{transport.name} {url}" if url else transport.name
