@@ -6,7 +6,7 @@ and `kill_alarm` fails a test that hangs anyway, so a stuck daemon fails the sui
 blocking it (rq's tests do the same).
 
 Run as a module, this file is that scripted daemon: `neo-agent run` with the runner tests'
-scripted pipeline (through tests/service/spaced_pipeline.py), for shutdown timings a real
+scripted pipeline (through tests/runner/scripted_pipeline.py), for shutdown timings a real
 compile cannot promise (a child that ignores SIGTERM, a job that sleeps).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ READY_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0
 COMPILE_TIMEOUT_S = 300.0
 POLL_S = 0.1
-SCRIPTED_PIPELINE = "tests.service.spaced_pipeline"
+SCRIPTED_PIPELINE = "tests.runner.scripted_pipeline"
 READY_LINE = re.compile(r"ready: http (http://\S+?)[;,]")
 
 # Benchmarks as short as they can be: these tests are about the transport, not latency.
@@ -97,7 +97,7 @@ def job_request(name: str, model_uri: str, output_uri: str, **extra) -> dict:
 
 
 def scripted_request(name: str, script: str) -> dict:
-    """A job the scripted pipeline runs by `script`, steps separated by spaces (spaced_pipeline.py)."""
+    """A job the scripted pipeline runs by `script`, steps separated by spaces (tests/runner/scripted_pipeline.py)."""
     return job_request(name, "file:///nowhere/model.tar.gz", "file:///nowhere/out",
                        Tags=[{"Key": "test-script", "Value": script}])
 

@@ -22,7 +22,7 @@ from agent.transports.mqtt import MqttTransport
 FAST_BENCH = BenchConfig(min_iterations=5, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0, max_seconds=10)
 FAST_BENCH_ENV = {"NEO_AGENT_BENCH_MIN_ITERATIONS": "5", "NEO_AGENT_BENCH_MIN_SECONDS": "0.1",
                   "NEO_AGENT_BENCH_WARMUP_RUNS": "1", "NEO_AGENT_BENCH_WARMUP_SECONDS": "0"}
-SCRIPTED = "tests.service.spaced_pipeline"  # the runner tests' scripted pipeline; steps separated by spaces
+SCRIPTED = "tests.runner.scripted_pipeline"  # the runner tests' scripted pipeline; steps separated by spaces
 WAIT_S = 15.0  # an answer or an event on loopback
 JOB_WAIT_S = 300.0  # a real compile of the sample model (about 20 s on two cores)
 ROLE = "arn:aws:iam::123456789012:role/neo"

@@ -37,7 +37,7 @@ FAST_BENCH = BenchConfig(min_iterations=5, min_seconds=0.1, warmup_runs=1, warmu
 NEO_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 COMPILE_WAIT_S = 300.0
 WAIT_S = 60.0
-SPACED = "tests.service.spaced_pipeline"  # the scripted pipeline, steps separated by spaces
+SPACED = "tests.runner.scripted_pipeline"  # the scripted pipeline, steps separated by spaces
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
 
@@ -54,7 +54,7 @@ def document(model_uri: str, output_uri: str, **extra) -> dict:
 
 
 def scripted(script: str) -> dict:
-    """A document for tests/service/spaced_pipeline.py: space-separated scripted steps."""
+    """A document for tests/runner/scripted_pipeline.py: space-separated scripted steps."""
     return document("file:///nowhere/model.tar.gz", "file:///nowhere/out",
                     Tags=[{"Key": "test-script", "Value": script}])
 
