@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agent.durable import open_db
 from agent.errors import ResourceInUse, ResourceLimitExceeded, ResourceNotFound
 from agent.jobs.events import Event, EventBus
 from agent.jobs.job import Job, Status, check_transition
@@ -36,14 +37,10 @@ SORT_COLUMNS = {"Name": "name COLLATE NOCASE", "CreationTime": "creation_time", 
 class JobStore:
     def __init__(self, path: Path, events: EventBus | None = None, clock: Callable[[], float] = time.time):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.events = events or EventBus()
         self.clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(self.path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

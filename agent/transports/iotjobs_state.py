@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from agent.durable import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -55,12 +56,8 @@ class ExecutionRecord:
 class ExecutionLedger:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(self.path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from agent.durable import open_db
+
 ACKED_RETENTION_S = 7 * 86400  # acknowledged entries are kept this long, then pruned at open
 
 SCHEMA = """
@@ -60,14 +62,9 @@ class Entry:
 class Outbox:
     def __init__(self, path: Path | str, clock: Callable[[], float] = time.time):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(self.path, SCHEMA)
         self._db.execute("DELETE FROM entries WHERE acked IS NOT NULL AND acked < ?",
                          (self.clock() - ACKED_RETENTION_S,))
 
