@@ -14,12 +14,23 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
         "mismatched": int, "elements": int, "error": str|null,
         "outputs": [{"name", "passed", "max_abs_error", "max_rel_error", ...}, ...]
       },
-      "compile_seconds": float,            ONNX load + shape folding + import + build + link
-      "compile_breakdown_s": {"load", "fold", "import", "build", "export"},
+      "compile_seconds": float,            ONNX load + shape folding + import + optimize + build + link
+      "compile_breakdown_s": {"load", "fold", "import", "optimize", "build", "export"},
       "target": {"kind": "llvm", "mtriple", "mcpu", "num-cores", ["mattr"]},   the TVM target
       "device": {"cpu", "arch", "logical_cores", "physical_cores", "memory_mb", "os", "python"},
       "threads": int,                      intra-op threads given to both engines
-      "tuned": false,                      no MetaSchedule tuning yet
+      "tuned": false,                      no MetaSchedule tuning yet: schedules come from rules
+      "schedule": {                        how the kernels were scheduled (agent.compile.schedule)
+        "layout": "NHWC"|"NCHW",           the convolutions' data layout (CompilerOptions "layout")
+        "rule": str,                       the rules' version, e.g. "cpu-tile/1"
+        "vector_lanes": int,               float32 lanes per SIMD register the rules assumed
+        "functions": int,                  kernels (PrimFuncs) in the model
+        "by_kind": {"tiled", "row_reduction", "reduction_parallel", "injective", "parallel",
+                    "unscheduled", "already_scheduled": int},
+        "unscheduled": [str],              kernels left as TVM made them (every schedule failed)
+        "naive": [str],                    kernels with neither a parallel nor a vector loop
+        "failures": [{"function", "rule", "error"}]   schedules that failed and were replaced
+      },
       "method": {...},                     how latency was measured (BenchConfig and the rules)
       "versions": {"agent", "tvm", "tvm_ffi", "onnx", "onnxruntime", "onnxslim", "numpy", "python"},
       "inputs":  [{"name", "shape", "dtype"}],    the static shapes compiled for

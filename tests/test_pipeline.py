@@ -127,7 +127,10 @@ def test_metrics_contract(sample_run):
     v = m["verification"]
     assert v["passed"] is True and v["max_abs_error"] < 1e-3 and v["rtol"] == v["atol"] == 1e-3
     assert [o["name"] for o in v["outputs"]] == ["logits", "probabilities"]
-    assert m["compile_seconds"] > 0 and set(m["compile_breakdown_s"]) == {"load", "fold", "import", "build", "export"}
+    assert m["compile_seconds"] > 0 and set(m["compile_breakdown_s"]) == {"load", "fold", "import", "optimize",
+                                                                          "build", "export"}
+    assert m["schedule"]["layout"] == "NHWC" and m["schedule"]["rule"] == "cpu-tile/1"
+    assert m["schedule"]["functions"] > 0 and m["schedule"]["naive"] == [] and m["schedule"]["unscheduled"] == []
     assert m["target"]["num-cores"] >= 1 and m["device"]["cpu"]
     assert m["tuned"] is False and m["method"]["min_iterations"] == 5
     assert m["versions"]["tvm"].startswith("0.27")
@@ -142,12 +145,13 @@ def test_uploaded_artifact_runs_with_agent_runtime(sample_run, tmp_path):
 
 
 # --- request variations -----------------------------------------------------------------------------
-def test_bare_onnx_with_config_and_target_platform(tmp_path):
+def test_bare_onnx_with_config_target_platform_and_layout(tmp_path):
     onnx_path = make_sample_model(tmp_path / "in" / "classifier.onnx")
     job = make_job(onnx_path.as_uri(), (tmp_path / "out").as_uri() + "/",
                    data_input_config='{"input": [2, 3, 64, 64]}',
-                   TargetPlatform={"Os": "LINUX", "Arch": HOST_ARCH})
+                   TargetPlatform={"Os": "LINUX", "Arch": HOST_ARCH}, CompilerOptions='{"layout": "NCHW"}')
     result, reporter = run(tmp_path, job)
+    assert result.metrics["schedule"]["layout"] == "NCHW" and result.metrics["verification"]["passed"]
     assert reporter.derived_configs == []
     assert result.artifact_uri == (tmp_path / "out" / f"classifier-LINUX_{HOST_ARCH}.tar.gz").as_uri()
     assert result.metrics["inputs"][0]["shape"] == [2, 3, 64, 64]
@@ -258,6 +262,7 @@ def test_published_model(tmp_path, name):
     assert reporter.stages == STAGES
     assert m["verification"]["passed"], m["verification"]
     assert m["inputs"][0]["shape"] == shape
+    assert m["schedule"]["unscheduled"] == [] and m["schedule"]["failures"] == [], m["schedule"]
     print(f"\n{name}: compile {m['compile_seconds']:.1f} s, p50 tvm {m['tvm']['latency_ms']['p50']:.2f} ms, "
           f"onnxruntime {m['onnxruntime']['latency_ms']['p50']:.2f} ms, "
           f"max abs error {m['verification']['max_abs_error']:.2g}")

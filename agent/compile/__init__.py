@@ -3,7 +3,10 @@
     datainput       Neo's DataInputConfig: parse, check against the model, derive when absent
     onnx_frontend   .onnx -> prepared graph -> Relax IRModule (static shapes), errors translated
     target          the TVM target for this host (CompilerOptions mcpu/mattr), device description
-    build           IRModule -> VM executable -> model.so
+    options         CompilerOptions: the keys a request may use (mcpu, mattr, dtype, layout)
+    optimize        layout, constant folding, fusion, then a CPU schedule for every kernel
+    schedule        the CPU schedule rules and schedule_module (no tuning)
+    build           optimize -> VM executable -> model.so
 
 None of these import TVM, onnx or onnxslim at module level: the agent's main process may
 import them for their types, and only the compile child may load the compiler.

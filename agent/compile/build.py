@@ -12,17 +12,20 @@ Which side is at fault when a build fails, and why:
   - MemoryError is left alone: the runner's child reports it as ModelSizeTooBig with the
     device's memory limit.
 
-The untuned default pipeline is used (`tvm.compile` with the target); tuning is a later stage.
-TVM is imported inside functions, like everywhere in agent.compile.
+The compile is `optimize` (agent.compile.optimize: layout, fusion, a rule-made CPU schedule
+for every PrimFunc; no tuning) and then `tvm.compile`. Errors of either are translated the
+same way. TVM is imported inside functions, like everywhere in agent.compile.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.compile import summarize_error
+from agent.compile.options import DEFAULT_LAYOUT
 from agent.errors import ClientError, ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,8 +54,30 @@ def _translate(exc: BaseException, doing: str) -> Exception:
     return ServerError(KEYWORD, f"TVM 0.27 failed while {doing}: {summarize_error(exc)}")
 
 
+@dataclasses.dataclass
+class Built:
+    """What the compile stage produced."""
+
+    path: Path                  # model.so
+    seconds: dict[str, float]   # {"optimize", "build", "export"}
+    schedule: dict[str, Any]    # optimize's report: metrics.json's "schedule"
+
+
+def optimize(mod: "tvm.IRModule", target: "tvm.target.Target",
+             layout: str = DEFAULT_LAYOUT) -> tuple["tvm.IRModule", dict[str, Any]]:
+    """agent.compile.optimize.optimize, with TVM's errors translated."""
+    from agent.compile import optimize as passes
+
+    try:
+        return passes.optimize(mod, target, layout)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, "optimizing the model") from exc
+
+
 def build(mod: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.runtime.Executable":
-    """Compile a Relax module with TVM's default pipeline for `target`."""
+    """Compile a Relax module (optimized or not) with TVM's build pipeline for `target`."""
     import tvm
 
     start = time.perf_counter()
@@ -86,10 +111,14 @@ def export(executable: Any, out_dir: Path) -> Path:
     return path
 
 
-def build_and_export(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Path) -> tuple[Path, dict[str, float]]:
-    """The compile stage: (model.so path, {"build": s, "export": s})."""
+def build_and_export(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Path, *,
+                     layout: str = DEFAULT_LAYOUT) -> Built:
+    """The compile stage: optimize, build, write model.so; each step timed."""
     start = time.perf_counter()
+    mod, schedule = optimize(mod, target, layout)
+    optimized = time.perf_counter()
     executable = build(mod, target)
     built = time.perf_counter()
     path = export(executable, out_dir)
-    return path, {"build": built - start, "export": time.perf_counter() - built}
+    return Built(path, {"optimize": optimized - start, "build": built - optimized,
+                        "export": time.perf_counter() - built}, schedule)

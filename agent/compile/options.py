@@ -4,6 +4,11 @@ The API checks a request with it at CreateCompilationJob (a ValidationException)
 child reads the same options with it to build the target. It is plain JSON, as the service
 model says, or the Python-literal form Neo's own documentation shows ({'mattr': ['+neon']}),
 since users copy those examples.
+
+Keys: Neo's `mcpu`, `mattr` and `dtype`, and one extension of this agent's, documented as
+such: `layout`, "NHWC" (the default) or "NCHW", the data layout convolutions are compiled
+in (see agent.compile.optimize: NHWC was faster on every published model measured, NCHW is
+there to compare and for models where it is not).
 """
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import ast
 import json
 from typing import Any
 
-KEYS = ("mcpu", "mattr", "dtype")
+KEYS = ("mcpu", "mattr", "dtype", "layout")
 SUPPORTED_DTYPES = ("float32", "float")
+LAYOUTS = ("NHWC", "NCHW")
+DEFAULT_LAYOUT = "NHWC"
 
 
 class OptionsError(ValueError):
@@ -46,6 +53,11 @@ def parse(text: str | dict | None) -> dict[str, Any]:
         raise OptionsError(
             f"{field}: dtype {options['dtype']!r} is not supported on this device; "
             f"it accepts {', '.join(SUPPORTED_DTYPES)}."
+        )
+    if "layout" in options and options["layout"] not in LAYOUTS:
+        raise OptionsError(
+            f"{field}: layout {options['layout']!r} is not supported; it accepts {' or '.join(LAYOUTS)} "
+            "(an extension of this agent's)."
         )
     return options
 

@@ -16,9 +16,9 @@ def sample(tmp_path_factory):
     return make_sample_model(tmp_path_factory.mktemp("sample") / "model.onnx")
 
 
-@pytest.mark.parametrize("config, batch", [(None, 1), ('{"input": [3, 3, 64, 64]}', 3)])
-def test_round_trip_matches_onnxruntime(sample, tmp_path, config, batch):
-    artifact = compile_artifact(sample, tmp_path / "artifact", config)
+@pytest.mark.parametrize("config, batch, layout", [(None, 1, "NHWC"), ('{"input": [3, 3, 64, 64]}', 3, "NCHW")])
+def test_round_trip_matches_onnxruntime(sample, tmp_path, config, batch, layout):
+    artifact = compile_artifact(sample, tmp_path / "artifact", config, layout)
     assert (artifact / "model.so").stat().st_size > 0
     model = runtime.load(artifact)
     x = np.random.default_rng(1).random((batch, 3, 64, 64), dtype=np.float32)
@@ -29,12 +29,48 @@ def test_round_trip_matches_onnxruntime(sample, tmp_path, config, batch):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_build_and_export_times_each_step(sample, tmp_path):
+def test_build_and_export_times_each_step_and_reports_the_schedule(sample, tmp_path):
     imported = onnx_frontend.load_and_import(sample, None)
     tvm_target, _ = target.host_target()
-    path, seconds = build.build_and_export(imported.mod, tvm_target, tmp_path / "out")
-    assert path == tmp_path / "out" / "model.so" and path.is_file()
-    assert set(seconds) == {"build", "export"} and all(s > 0 for s in seconds.values())
+    built = build.build_and_export(imported.mod, tvm_target, tmp_path / "out")
+    assert built.path == tmp_path / "out" / "model.so" and built.path.is_file()
+    assert set(built.seconds) == {"optimize", "build", "export"} and all(s > 0 for s in built.seconds.values())
+    report = built.schedule
+    assert report["layout"] == "NHWC" and report["rule"] == "cpu-tile/1"
+    assert report["functions"] == sum(report["by_kind"].values()) > 5
+    assert report["by_kind"]["tiled"] >= 5  # the sample's convolutions and its Gemm
+    assert report["unscheduled"] == [] and report["naive"] == [] and report["failures"] == []
+
+
+def test_layouts_differ_in_the_convolutions_and_each_compile_is_deterministic(sample):
+    """NCHW skips ConvertLayout: no kernel transposes data for the convolutions."""
+    import tvm
+
+    imported = onnx_frontend.load_and_import(sample, None)
+    tvm_target, _ = target.host_target()
+    mods, reports = {}, {}
+    for layout in ("NHWC", "NCHW", "NHWC"):
+        mod, report = build.optimize(imported.mod, tvm_target, layout)
+        assert report["layout"] == layout
+        if layout in mods:
+            tvm.ir.assert_structural_equal(mod, mods[layout])
+            assert report == reports[layout]
+        mods[layout], reports[layout] = mod, report
+    names = {layout: " ".join(gv.name_hint for gv, _ in mod.functions_items()) for layout, mod in mods.items()}
+    assert "transpose" in names["NHWC"] and "transpose" not in names["NCHW"]
+
+
+def test_optimize_errors_are_server_compilation_errors(imported_and_target, monkeypatch):
+    from agent.compile import schedule
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("Check failed: a pass fell over")
+
+    monkeypatch.setattr(schedule, "schedule_module", failing)
+    with pytest.raises(ServerError) as excinfo:
+        build.optimize(*imported_and_target)
+    assert excinfo.value.reason == ("ServerError: CompilationError: TVM 0.27 failed while optimizing the model: "
+                                    "Check failed: a pass fell over")
 
 
 @pytest.fixture

@@ -35,7 +35,15 @@ def test_compiler_options_override_mcpu_and_add_mattr(options):
     assert desc["mattr"] == ["+sse2"]
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_layout_is_an_agent_extension_the_target_ignores(layout):
+    options = f'{{"layout": "{layout}"}}'
+    assert target.parse_compiler_options(options) == {"layout": layout}
+    assert "layout" not in target.host_target(options)[1]
+
+
 @pytest.mark.parametrize("options, words", [
+    ('{"layout": "NCHW4c"}', "CompilerOptions: layout 'NCHW4c' is not supported; it accepts NHWC or NCHW"),
     ('{"mcpu": "no-such-cpu"}', "CompilerOptions mcpu 'no-such-cpu' is not a CPU LLVM knows"),
     ('{"mattr": ["neon"]}', "CompilerOptions: mattr must be a list of strings"),
     ('{"mattr": 5}', "CompilerOptions: mattr must be a list of strings"),

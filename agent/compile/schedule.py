@@ -1,0 +1,526 @@
+"""CPU schedules for the fused PrimFuncs of a Relax module, chosen by rule, without tuning.
+
+TVM 0.27 schedules nothing on CPU: after fusion every PrimFunc is a naive loop nest, one
+scalar at a time on one core. MetaSchedule can search for schedules but costs minutes per
+kernel; these rules get within a few times of onnxruntime in seconds (see
+benchmarks/results/). Each PrimFunc gets the first rule whose schedule builds:
+
+    tile       the default rule, by the function's first reduction block:
+                 conv / matmul / pool (a reduction whose innermost output axis is wide):
+                   a register tile, vectorized across output channels, rows unrolled,
+                   accumulators in registers, the epilogue computed on the tile, outer loops
+                   parallel                                                 -> "tiled"
+                 row reductions (softmax, mean, norm; the innermost output axis is tiny):
+                   TVM's own dlight CPU GEMV / Reduction rules                -> "row_reduction"
+                 elementwise and layout functions: inner loop vectorized, outer loops
+                   parallel                                                 -> "injective"
+                 a reduction no loop of which can be vectorized: outer loops parallel
+                                                                           -> "reduction_parallel"
+    parallel   the safe fallback when a tile schedule fails to build: every block's outer
+               output loops parallel, the innermost loop vectorized only when nothing is
+               reduced inside it                                            -> "parallel"
+    (none)     both failed to build: the function stays as TVM made it      -> "unscheduled"
+
+`schedule_module(mod, target)` applies them to every PrimFunc and returns the module with a
+report for metrics.json. Schedules are built before they are kept (a schedule primitive can
+succeed and still leave IR that a lowering pass or LLVM refuses): all together, and only if
+that fails each on its own, so a bad one costs its function the next rule, not the job.
+Failures are named in the report. Whatever kind a function got, the report also lists by
+name every function whose final code has neither a parallel nor a vectorized loop ("naive"),
+so what stayed slow is never hidden behind a kind.
+
+TVM is imported inside functions, like everywhere in agent.compile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tvm
+    from tvm import s_tir
+
+log = logging.getLogger(__name__)
+
+# Bump when a rule changes what it produces, so metrics from two versions are not confused.
+RULE_VERSION = "cpu-tile/1"
+
+# SIMD register width by target feature, widest first. target_has_features asks LLVM about
+# the target's mtriple/mcpu/mattr, so a CompilerOptions mcpu or mattr counts. LLVM's own
+# "vector width" query answers 512 for AVX2-only CPUs, so it is not used.
+VECTOR_BITS_BY_FEATURE = (("avx512f", 512), ("avx", 256), ("neon", 128), ("sse2", 128))
+DEFAULT_VECTOR_BITS = 128  # every 64-bit CPU the agent runs on has at least this
+FLOAT_BITS = 32
+
+# The register tile of a reduction: TILE_VECTORS vectors of output channels wide (two
+# independent FMA chains hide FMA latency) and one of ROW_TILE_CHOICES rows tall: 4 rows x 2
+# vectors = 8 accumulators leave room in 16 vector registers for the broadcast inputs and
+# weights. 7, 6 and 3 divide the odd feature-map sizes that 4 does not (7, 14, 6, 3, 75);
+# 2 is the last resort before no row tile at all.
+TILE_VECTORS = 2
+ROW_TILE_CHOICES = (4, 7, 6, 3, 2)
+MIN_TILE_WIDTH = 4  # narrower than this a vector loop costs more than it saves
+
+# A reduction whose innermost output axis is shorter than this reduces along rows (softmax
+# over the last axis, mean over channels): tiling across outputs would vectorize nothing,
+# so dlight's row-reduction rules get it.
+ROW_REDUCTION_MAX_INNER = 4
+
+# An elementwise loop longer than this is split so the vector part is a few registers wide
+# and the rest joins the parallel loops; a shorter one is vectorized whole.
+INJECTIVE_SPLIT_ABOVE = 64
+INJECTIVE_VECTORS = (4, 2, 1)  # multiples of the vector width tried for that split
+
+# What TVM raises when a schedule primitive refuses (ScheduleError is a RuntimeError) or an
+# FFI check fails; anything else is a bug here and must surface.
+SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+RULE_ATTR = "neo_agent.schedule_rule"  # on each scheduled PrimFunc: the rule that made it
+
+KINDS = ("tiled", "row_reduction", "reduction_parallel", "injective", "parallel", "unscheduled",
+         "already_scheduled")
+
+# A rule: (PrimFunc, target, vector lanes) -> (Schedule, kind), or None when it does not apply.
+Rule = Callable[[Any, Any, int], "tuple[s_tir.Schedule, str] | None"]
+
+
+# --- the target ------------------------------------------------------------------------------
+def vector_lanes(target: "tvm.target.Target", dtype_bits: int = FLOAT_BITS) -> int:
+    """How many `dtype_bits` values one SIMD register of `target` holds (8 floats for AVX2)."""
+    from tvm.target import codegen
+
+    bits = DEFAULT_VECTOR_BITS
+    for feature, width in VECTOR_BITS_BY_FEATURE:
+        try:
+            if codegen.target_has_features(feature, target):
+                bits = width
+                break
+        except SCHEDULE_ERRORS:  # a feature name this target's LLVM backend does not know
+            continue
+    return max(1, bits // dtype_bits)
+
+
+# --- small helpers ---------------------------------------------------------------------------
+def _extent(sch: "s_tir.Schedule", loop: Any) -> int | None:
+    from tvm import tirx
+
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _divisor(extent: int | None, choices: Iterable[int]) -> int | None:
+    """The first choice that divides `extent` (a tile must not leave a remainder loop)."""
+    if extent is None:
+        return None
+    return next((c for c in choices if c <= extent and extent % c == 0), None)
+
+
+def _longest(sch: "s_tir.Schedule", loops: list, choices: Iterable[int]) -> int | None:
+    """Index of the longest loop whose extent one of `choices` divides, or None."""
+    options = [(_extent(sch, loop), i) for i, loop in enumerate(loops) if _divisor(_extent(sch, loop), choices)]
+    return max(options)[1] if options else None
+
+
+def _parallel(sch: "s_tir.Schedule", loops: list) -> bool:
+    """One parallel loop over all of `loops` (adjacent, outermost first): fusing them gives
+    the thread pool enough iterations to share even when the outermost is the batch of 1."""
+    if not loops:
+        return False
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    return True
+
+
+def _attempt(sch: "s_tir.Schedule", step: Callable[["s_tir.Schedule"], Any]) -> tuple["s_tir.Schedule", Any]:
+    """Run `step` on a copy and keep the copy only if every primitive in it succeeded.
+
+    Primitives are atomic, but a step is several of them; a half-done tile (split, not yet
+    vectorized or parallel) is valid IR and slower than either alternative.
+    """
+    trial = sch.copy()
+    try:
+        return trial, step(trial)
+    except SCHEDULE_ERRORS as exc:
+        log.debug("schedule step refused: %s", str(exc).strip().splitlines()[-1:] or exc)
+        return sch, None
+
+
+# --- rule: tile ------------------------------------------------------------------------------
+def tile_rule(func: Any, target: Any, lanes: int) -> "tuple[s_tir.Schedule, str] | None":
+    """The default rule (see the module docstring); None when the function cannot be analysed."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    blocks = normalize_prim_func(sch)  # one loop per block iterator, each block its own nest
+    if not blocks:
+        return None
+    first_reduction = next((b for b in blocks if "R" in b.dom_kind()), None)
+    if first_reduction is not None and _is_row_reduction(first_reduction):
+        scheduled = _dlight_row_reduction(func, target)
+        if scheduled is not None:
+            return scheduled, "row_reduction"
+
+    reductions = [b for b in blocks if "R" in b.dom_kind()]
+    _inline_intermediates(sch, blocks, keep_pads=bool(reductions))
+    # The blocks left besides reductions, named now: tiling adds blocks (accumulators, the
+    # reductions' init) that live inside the tile's loops and are scheduled with it.
+    others = [name for name in _block_names(sch) if name not in {b.name for b in reductions}]
+    attached: set[str] = set()
+    tiled = False
+    for block in reductions:
+        sch, epilogue = _attempt(sch, lambda s: _tile_reduction(s, block, lanes))
+        tiled = tiled or epilogue is not None
+        if epilogue is None:
+            sch, epilogue = _attempt(sch, lambda s: _parallel_reduction(s, block))
+        attached.update(epilogue or ())
+    for name in others:
+        if name not in attached:
+            sch, _ = _attempt(sch, lambda s: _injective(s, s.get_sblock(name), lanes))
+    if not reductions:
+        return sch, "injective"
+    return sch, "tiled" if tiled else "reduction_parallel"
+
+
+def _is_row_reduction(block: Any) -> bool:
+    spatial = [it.dom for it in block.iters if it.kind == "S"]
+    return not spatial or not isinstance(spatial[-1], int) or spatial[-1] < ROW_REDUCTION_MAX_INNER
+
+
+def _dlight_row_reduction(func: Any, target: Any) -> "s_tir.Schedule | None":
+    """TVM's CPU rules for GEMV and for softmax/norm-like row reductions, in that order."""
+    from tvm.s_tir import dlight
+
+    for rule in (dlight.cpu.GEMV(), dlight.cpu.Reduction()):
+        try:
+            scheduled = rule.apply(func, target, False)
+        except SCHEDULE_ERRORS:
+            continue
+        if isinstance(scheduled, list):
+            scheduled = scheduled[0] if scheduled else None
+        if scheduled is not None:
+            return scheduled
+    return None
+
+
+def _inline_intermediates(sch: "s_tir.Schedule", blocks: list, *, keep_pads: bool) -> None:
+    """Fold every elementwise intermediate into its consumers so nothing is materialised.
+
+    Zero padding (any block with a condition) stays a stage of its own when the function
+    reduces: inlined, it puts a bounds test on every multiply-add of the convolution's
+    inner loop and stops it from vectorizing. Output blocks cannot be inlined; they are
+    computed on the tile or scheduled as injective later. Repeated until nothing changes,
+    since inlining one block can make its producer inlinable.
+    """
+    candidates = [b.name for b in blocks if b.is_injective() and not (keep_pads and _has_condition(sch, b.block_rv))]
+    changed = True
+    while changed:
+        changed = False
+        for name in list(candidates):
+            try:
+                sch.compute_inline(sch.get_sblock(name))
+            except SCHEDULE_ERRORS:
+                continue
+            candidates.remove(name)
+            changed = True
+
+
+def _has_condition(sch: "s_tir.Schedule", block_rv: Any) -> bool:
+    """Whether the block computes a select/if (as padding does: in bounds ? x : 0)."""
+    import tvm
+
+    return bool(tvm.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(block_rv)))
+
+
+def _tile_reduction(sch: "s_tir.Schedule", block: Any, lanes: int) -> list[str]:
+    """Register-tile one reduction block; returns the epilogue blocks computed on its tile.
+
+    Loop order:  parallel(outer spatial) > tile column > reductions > tile rows (unrolled)
+    > tile width (vectorized). The accumulators (rows x width) live in a local buffer that
+    LLVM keeps in registers; each input value is loaded once per tile row and broadcast, and
+    with NHWC/HWIO layouts the vectorized output channels read contiguous weights.
+    """
+    spatial = [it.loop_rv for it in block.iters if it.kind == "S"]
+    reduce = [it.loop_rv for it in block.iters if it.kind == "R"]
+    if not spatial or not reduce:
+        raise ValueError(f"{block.name}: not a reduction over outputs")
+    full = [TILE_VECTORS * lanes, lanes]  # whole registers
+    inner = spatial[-1]
+    width = _divisor(_extent(sch, inner), full + [MIN_TILE_WIDTH])
+    if width is None:
+        # Innermost output axis too short or odd (7, 14, 18): vectorize the longest other
+        # output axis instead (a strided but still vector loop), whole registers if possible.
+        for widths in (full, [MIN_TILE_WIDTH]):
+            index = _longest(sch, spatial[:-1], widths)
+            if index is not None:
+                break
+        else:
+            raise ValueError(f"{block.name}: no output axis divisible by a vector width")
+        inner = spatial.pop(index)
+        spatial.append(inner)
+        width = _divisor(_extent(sch, inner), widths)
+    column, vector = sch.split(inner, [None, width])
+    outer = spatial[:-1]
+    rows: list = []
+    index = _longest(sch, outer, ROW_TILE_CHOICES)
+    if index is not None:
+        height = _divisor(_extent(sch, outer[index]), ROW_TILE_CHOICES)
+        outer[index], row = sch.split(outer[index], [None, height])
+        rows = [row]
+    sch.reorder(*outer, column, *reduce, *rows, vector)
+
+    accumulate = sch.cache_write(block.block_rv, 0, "local")
+    sch.reverse_compute_at(accumulate, column)
+    epilogue = _attach_epilogue(sch, block.block_rv, column)
+    for attached in [accumulate, *[sch.get_sblock(name) for name in epilogue]]:
+        _vectorize_innermost(sch, attached)
+    for row in rows:
+        sch.unroll(row)
+    sch.vectorize(vector)
+    _parallel(sch, outer or [column])
+    sch.decompose_reduction(block.block_rv, reduce[0])
+    return epilogue
+
+
+def _attach_epilogue(sch: "s_tir.Schedule", block_rv: Any, loop: Any) -> list[str]:
+    """Compute the elementwise consumers of a reduction (bias, activation) on its tile,
+    while the results are still in cache. A consumer that is itself a reduction, or that
+    reads more than the tile, stays a separate stage."""
+    attached = []
+    for consumer in sch.get_consumers(block_rv):
+        stmt = sch.get(consumer)
+        if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars):  # 0: data parallel
+            continue
+        try:
+            sch.reverse_compute_at(consumer, loop)
+        except SCHEDULE_ERRORS:
+            continue
+        attached.append(stmt.name_hint)
+    return attached
+
+
+def _vectorize_innermost(sch: "s_tir.Schedule", block_rv: Any) -> None:
+    loops = sch.get_loops(block_rv)
+    if loops:
+        try:
+            sch.vectorize(loops[-1])
+        except SCHEDULE_ERRORS:
+            pass  # stays a scalar loop over a few elements of the tile
+
+
+def _parallel_reduction(sch: "s_tir.Schedule", block: Any) -> list[str]:
+    """A reduction no output axis of which vectorizes: all outputs in parallel, each reduced
+    serially, its elementwise consumers computed right after it."""
+    spatial = [it.loop_rv for it in block.iters if it.kind == "S"]
+    reduce = [it.loop_rv for it in block.iters if it.kind == "R"]
+    if not spatial:
+        raise ValueError(f"{block.name}: a full reduction has no output loop to parallelize")
+    sch.reorder(*spatial, *reduce)
+    epilogue = _attach_epilogue(sch, block.block_rv, spatial[-1])
+    _parallel(sch, spatial)
+    if reduce:
+        sch.decompose_reduction(block.block_rv, reduce[0])
+    return epilogue
+
+
+def _injective(sch: "s_tir.Schedule", block_rv: Any, lanes: int) -> bool:
+    """Elementwise / layout block: innermost loop vectorized (split when long), the rest
+    parallel. False when the block has no loop (a scalar) and nothing was done."""
+    loops = sch.get_loops(block_rv)
+    if not loops:
+        return False
+    outer, inner = list(loops[:-1]), loops[-1]
+    extent = _extent(sch, inner)
+    if extent is not None and extent > INJECTIVE_SPLIT_ABOVE:
+        width = _divisor(extent, [lanes * n for n in INJECTIVE_VECTORS] + [MIN_TILE_WIDTH])
+        if width is not None:
+            rest, vector = sch.split(inner, [None, width])
+            sch.vectorize(vector)
+            outer.append(rest)
+        else:
+            outer.append(inner)  # no divisor: a prime-length row stays scalar, but parallel
+    elif extent is not None:
+        sch.vectorize(inner)
+    _parallel(sch, outer)
+    return True
+
+
+def _block_names(sch: "s_tir.Schedule") -> list[str]:
+    """The blocks directly under the function's root, in program order."""
+    root = sch.get_sblock("root")
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+
+
+# --- rule: parallel (the fallback) --------------------------------------------------------------
+def parallel_rule(func: Any, target: Any, lanes: int) -> "tuple[s_tir.Schedule, str] | None":
+    """The least a function gets: each block's leading output loops run in parallel, and the
+    innermost loop is vectorized when nothing is reduced inside it. No inlining, tiling or
+    reordering, so there is little for a build to refuse."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    blocks = normalize_prim_func(sch)
+    if not blocks:
+        return None
+    changed = False
+    for block in blocks:
+        kinds = block.dom_kind()
+        leading = len(kinds) - len(kinds.lstrip("S"))
+        loops = [it.loop_rv for it in block.iters]
+        if block.is_injective():
+            sch, done = _attempt(sch, lambda s: _injective(s, block.block_rv, lanes))
+        else:
+            sch, done = _attempt(sch, lambda s: _parallel(s, loops[:leading]))
+        changed = changed or bool(done)
+    return (sch, "parallel") if changed else None
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (tile_rule, parallel_rule)
+
+
+# --- the module ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ScheduleReport:
+    """What schedule_module did, for metrics.json's "schedule" (see `to_dict`)."""
+
+    vector_lanes: int
+    functions: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> kind
+    naive: list[str] = dataclasses.field(default_factory=list)
+    failures: list[dict[str, str]] = dataclasses.field(default_factory=list)  # function, rule, error
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {kind: 0 for kind in KINDS}
+        for kind in self.functions.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return {
+            "rule": RULE_VERSION,
+            "vector_lanes": self.vector_lanes,
+            "functions": len(self.functions),
+            "by_kind": counts,
+            "unscheduled": sorted(n for n, k in self.functions.items() if k == "unscheduled"),
+            "naive": sorted(self.naive),
+            "failures": sorted(self.failures, key=lambda f: (f["function"], f["rule"])),
+        }
+
+
+def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target",
+                    rules: Iterable[Rule] = DEFAULT_RULES) -> tuple["tvm.IRModule", dict[str, Any]]:
+    """Schedule every PrimFunc of `mod` with the first of `rules` whose result builds.
+
+    Every function's first choice is built in one go (one LLVM run, as fast as the final
+    build); only if that fails is each built alone, and a function whose schedule fails
+    gets its next rule's, down to no schedule at all. Functions already marked
+    `tirx.is_scheduled` are kept as they are. Returns (a new module, ScheduleReport.to_dict()).
+    """
+    lanes = vector_lanes(target)
+    report = ScheduleReport(vector_lanes=lanes)
+    rules = tuple(rules)
+    choices: dict[Any, Iterator[tuple[Any, str]]] = {}
+    chosen: dict[Any, tuple[Any, str]] = {}
+    for gvar, func in sorted(_prim_funcs(mod), key=lambda item: item[0].name_hint):
+        if _is_scheduled(func):
+            report.functions[gvar.name_hint] = "already_scheduled"
+            continue
+        choices[gvar] = _candidates(func, gvar.name_hint, target, lanes, rules, report)
+        chosen[gvar] = next(choices[gvar])
+    if _build_error({g.name_hint: f for g, (f, _) in chosen.items()}, target) is not None:
+        for gvar, candidates in choices.items():
+            while chosen[gvar][1] != "unscheduled":
+                error = _build_error({gvar.name_hint: chosen[gvar][0]}, target)
+                if error is None:
+                    break
+                rule = chosen[gvar][0].attrs[RULE_ATTR]
+                log.warning("the %s schedule of %s does not build: %s", rule, gvar.name_hint, error)
+                report.failures.append({"function": gvar.name_hint, "rule": str(rule), "error": error})
+                chosen[gvar] = next(candidates)
+    mod = mod.clone()  # the caller's module stays as it was
+    for gvar, (func, kind) in chosen.items():
+        mod[gvar] = func
+        report.functions[gvar.name_hint] = kind
+    report.naive = [name for name, func in _prim_funcs_by_name(mod).items() if not _has_fast_loops(func)]
+    summary = report.to_dict()
+    log.info("scheduled %d functions (%s); %d naive, %d schedules failed", summary["functions"],
+             ", ".join(f"{k} {n}" for k, n in summary["by_kind"].items() if n), len(summary["naive"]),
+             len(summary["failures"]))
+    return mod, summary
+
+
+def _prim_funcs(mod: "tvm.IRModule") -> list:
+    from tvm import tirx
+
+    return [(gvar, func) for gvar, func in mod.functions_items() if isinstance(func, tirx.PrimFunc)]
+
+
+def _prim_funcs_by_name(mod: "tvm.IRModule") -> dict[str, Any]:
+    return {gvar.name_hint: func for gvar, func in _prim_funcs(mod)}
+
+
+def _is_scheduled(func: Any) -> bool:
+    return func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"])
+
+
+def _candidates(func: Any, name: str, target: Any, lanes: int, rules: tuple,
+                report: ScheduleReport) -> Iterator[tuple[Any, str]]:
+    """(function, kind) from each rule that applies, in order; last the function unchanged.
+
+    A scheduled function carries `tirx.is_scheduled` (so no later pass schedules it again)
+    and RULE_ATTR, the rule that made it.
+    """
+    for rule in rules:
+        try:
+            scheduled = rule(func, target, lanes)
+        except SCHEDULE_ERRORS as exc:
+            report.failures.append({"function": name, "rule": rule.__name__, "error": _last_line(exc)})
+            continue
+        if scheduled is not None:
+            sch, kind = scheduled
+            yield sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(RULE_ATTR, rule.__name__), kind
+    yield func, "unscheduled"
+
+
+def _build_error(funcs: dict[str, Any], target: Any) -> str | None:
+    """None if these PrimFuncs build together for `target`, else the error's last line."""
+    import tvm
+
+    if not funcs:
+        return None
+    mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in funcs.items()})
+    try:
+        tvm.tirx.build(mod, target=target)
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure of lowering or LLVM means: do not use this schedule
+        return _last_line(exc)
+    return None
+
+
+def _last_line(exc: BaseException) -> str:
+    from agent.compile import summarize_error
+
+    return summarize_error(exc, limit=200)
+
+
+def _has_fast_loops(func: Any) -> bool:
+    """Whether the function's code has a parallel or a vectorized loop anywhere (one of a
+    single iteration does not count: it is a serial loop by another name)."""
+    from tvm import tirx
+
+    fast = (tirx.ForKind.PARALLEL, tirx.ForKind.VECTORIZED)
+    stack = [func.body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tirx.For) and node.kind in fast and not _is_one(node.extent):
+            return True
+        for field in ("body", "block", "init", "then_case", "else_case"):
+            child = getattr(node, field, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                stack.append(child)
+        stack.extend(getattr(node, "seq", ()) or ())
+    return False
+
+
+def _is_one(extent: Any) -> bool:
+    from tvm import tirx
+
+    return isinstance(extent, tirx.IntImm) and int(extent) == 1

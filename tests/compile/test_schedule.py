@@ -1,0 +1,133 @@
+"""agent.compile.schedule: every kernel of a small conv+relu+matmul model gets a parallel,
+vectorized schedule that computes what the unscheduled one does; a schedule that does not
+build is replaced by the next rule's, or by none, and the report says so."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.compile import schedule
+
+SHAPES = {"x": (1, 14, 14, 8), "w": (3, 3, 8, 16), "b": (16,), "m": (14 * 14 * 16, 16)}
+
+
+def tiny_module():
+    """relu(conv3x3(x, w) + b) flattened, times m: NHWC/HWIO, as optimize lays convolutions out."""
+    from tvm import relax
+
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in SHAPES.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            conv = builder.emit(relax.op.nn.conv2d(params["x"], params["w"], padding=[1, 1, 1, 1],
+                                                   data_layout="NHWC", kernel_layout="HWIO"))
+            hidden = builder.emit(relax.op.nn.relu(relax.op.add(conv, params["b"])))
+            flat = relax.op.reshape(hidden, (1, SHAPES["m"][0]))
+            out = builder.emit_output(relax.op.matmul(flat, params["m"]))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+@pytest.fixture(scope="module")
+def target():
+    from agent.compile.target import host_target
+
+    return host_target()[0]
+
+
+@pytest.fixture(scope="module")
+def fused(target):
+    """Tiny, legalized and fused as the compile stage does it, not yet scheduled."""
+    from tvm import relax
+
+    with target:
+        return relax.get_pipeline("zero")(tiny_module())
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES.values()]
+
+
+def run(mod, target, inputs) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
+@pytest.fixture(scope="module")
+def expected(fused, target, inputs):
+    """What the unscheduled kernels compute (checked against numpy's matmul on the way)."""
+    return run(fused, target, inputs)
+
+
+def kernels(mod) -> dict:
+    return dict(schedule._prim_funcs_by_name(mod))
+
+
+def broken_rule(func, target, lanes):
+    """A loop bound to a GPU thread: a schedule TVM accepts and no CPU build does."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    sch.bind(sch.get_loops(block)[0], "threadIdx.x")
+    return sch, "tiled"
+
+
+def test_every_kernel_is_scheduled_and_computes_the_same(fused, target, inputs, expected):
+    mod, report = schedule.schedule_module(fused, target)
+    names = sorted(kernels(mod))
+    assert report["functions"] == len(names) >= 3
+    assert report["by_kind"]["tiled"] >= 2  # the convolution and the matmul
+    assert report["unscheduled"] == [] and report["naive"] == [] and report["failures"] == []
+    assert report["rule"] == schedule.RULE_VERSION and report["vector_lanes"] == schedule.vector_lanes(target)
+    for name, func in kernels(mod).items():
+        assert bool(func.attrs["tirx.is_scheduled"]), name
+        assert str(func.attrs[schedule.RULE_ATTR]) == "tile_rule"
+    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    assert "T.parallel(" in conv and "T.vectorized(" in conv and "T.unroll(" in conv
+    np.testing.assert_allclose(run(mod, target, inputs), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_schedule_that_does_not_build_falls_back_to_the_parallel_rule(fused, target, inputs, expected):
+    mod, report = schedule.schedule_module(fused, target, rules=(broken_rule, schedule.parallel_rule))
+    names = sorted(kernels(mod))
+    assert report["by_kind"]["parallel"] == len(names) and report["unscheduled"] == []
+    assert [f["function"] for f in report["failures"]] == names
+    assert all(f["rule"] == "broken_rule" and f["error"] for f in report["failures"])
+    assert report["naive"] == []  # the fallback still runs every kernel in parallel
+    np.testing.assert_allclose(run(mod, target, inputs), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_when_no_schedule_builds_the_kernel_stays_as_it_was_and_is_named(fused, target, inputs, expected):
+    mod, report = schedule.schedule_module(fused, target, rules=(broken_rule,))
+    names = sorted(kernels(mod))
+    assert report["unscheduled"] == names == report["naive"]
+    assert report["by_kind"]["unscheduled"] == len(names)
+    for name, func in kernels(mod).items():
+        assert func.same_as(kernels(fused)[name])
+    np.testing.assert_allclose(run(mod, target, inputs), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unscheduled_reference_is_right(inputs, expected):
+    x, w, b, m = inputs
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    conv = sum(padded[:, i:i + 14, j:j + 14, :] @ w[i, j] for i in range(3) for j in range(3))
+    want = np.maximum(conv + b, 0).reshape(1, -1) @ m
+    np.testing.assert_allclose(expected, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("config, lanes", [
+    ({"mtriple": "x86_64-unknown-linux-gnu", "mcpu": "znver3"}, 8),          # AVX2
+    ({"mtriple": "x86_64-unknown-linux-gnu", "mcpu": "skylake-avx512"}, 16),  # AVX-512
+    ({"mtriple": "x86_64-unknown-linux-gnu", "mcpu": "x86-64"}, 4),           # SSE2 only
+    ({"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, 4),              # NEON
+])
+def test_vector_lanes_follow_the_targets_features(config, lanes):
+    import tvm
+
+    assert schedule.vector_lanes(tvm.target.Target({"kind": "llvm", "num-cores": 4, **config})) == lanes
