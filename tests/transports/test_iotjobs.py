@@ -250,7 +250,7 @@ def test_an_agent_restart_mid_job_ends_the_execution_failed_with_agent_restart(t
 def test_a_final_status_the_service_did_not_take_is_sent_after_a_restart(jobs, serve, iot_broker, monkeypatch):
     monkeypatch.setattr(iotjobs, "REQUEST_TIMEOUT_S", 1.0)
     agent, transport = serve()
-    jobs.add_job(THING, "owed-1", scripted("stage=compile sleep=2"))
+    jobs.add_job(THING, "owed-1", scripted("stage=compile sleep=6"))  # long enough to see "compile" under load
     jobs.wait_for(lambda: any(d.get("stage") == "compile" for d in in_progress_details(jobs.execution(THING, "owed-1"))))
     jobs.stop()  # the service is unreachable while the job ends
     name = compilation_job_name("owed-1")
