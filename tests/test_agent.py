@@ -13,6 +13,7 @@ import pytest
 from agent.config import AgentConfig, BenchConfig
 from agent.samples import make_sample_archive
 from agent.service.agent import Agent
+from tests.requests import job_request as request
 
 FAST_BENCH = BenchConfig(min_iterations=5, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0, max_seconds=10)
 METRIC_KEYS = {"mean", "p50", "p90", "p95", "p99", "min", "max", "stdev"}
@@ -26,18 +27,6 @@ def wait_terminal(agent: Agent, name: str, timeout: float = 300) -> dict:
             return describe
         time.sleep(0.2)
     raise AssertionError(f"{name} did not finish in {timeout} s")
-
-
-def request(name, model_uri, output_uri, **extra):
-    body = {
-        "CompilationJobName": name,
-        "RoleArn": "arn:aws:iam::123456789012:role/neo",
-        "InputConfig": {"S3Uri": model_uri, "Framework": "ONNX"},
-        "OutputConfig": {"S3OutputLocation": output_uri, "TargetDevice": "ml_c5"},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-    }
-    body.update(extra)
-    return body
 
 
 def test_s3_job_end_to_end(tmp_path, s3_bucket):

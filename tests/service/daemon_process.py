@@ -27,6 +27,7 @@ import pytest
 
 from agent.jobs.job import Job
 from agent.jobs.store import JobStore
+from tests.requests import job_request  # noqa: F401 - re-exported for the transport tests
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_ALARM_S = 420  # no test here needs more than a few real compiles
@@ -82,18 +83,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(AWS_ENV)
     env.update(extra)
     return env
-
-
-def job_request(name: str, model_uri: str, output_uri: str, **extra) -> dict:
-    body = {
-        "CompilationJobName": name,
-        "RoleArn": "arn:aws:iam::123456789012:role/neo",
-        "InputConfig": {"S3Uri": model_uri, "Framework": "ONNX"},
-        "OutputConfig": {"S3OutputLocation": output_uri, "TargetDevice": "ml_c5"},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-    }
-    body.update(extra)
-    return body
 
 
 def scripted_request(name: str, script: str) -> dict:
