@@ -28,7 +28,6 @@ Errors (awscrt's are translated here, `raise ... from exc`):
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import queue
 import threading
@@ -37,6 +36,7 @@ from typing import Any, Callable
 
 from agent.config import IotCoreConfig
 from agent.errors import AgentError, ConfigError
+from agent.transports.topics import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,7 @@ def translate(exc: BaseException, doing: str, kind: type[IotCoreError] = IotCore
     return kind(f"{doing}: {name}: {message}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """A received PUBLISH, as much of it as the transports need."""
-
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-
-
-Handler = Callable[[Message], None]
+Handler = Callable[[Incoming], None]
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -318,7 +308,7 @@ class IotCoreConnection:
         packet = data.publish_packet
         ack = data.acquire_publish_acknowledgement_control() if data.acquire_publish_acknowledgement_control else None
         payload = packet.payload if isinstance(packet.payload, bytes) else str(packet.payload or "").encode()
-        message = Message(packet.topic, payload, packet.response_topic, packet.correlation_data_bytes)
+        message = Incoming(packet.topic, payload, packet.response_topic, packet.correlation_data_bytes)
         self._inbox.put(("message", message, ack))
 
     def _on_success(self, data) -> None:
@@ -389,7 +379,7 @@ class IotCoreConnection:
             except Exception:
                 log.exception("%r failed", call)
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Incoming) -> None:
         with self._lock:
             handlers = [h for f, h in self._routes if topic_matches(f, message.topic)]
         if not handlers:
@@ -469,7 +459,7 @@ class IotCoreTransport:
         self.binding.on_disconnected()
         self.connection.stop(max(0.0, deadline - time.monotonic()))
 
-    def _on_request(self, message: Message) -> None:
+    def _on_request(self, message: Incoming) -> None:
         self.binding.handle_request(message.topic, message.payload, message.response_topic, message.correlation_data)
 
     def _publish(self, outgoing) -> None:

@@ -50,7 +50,8 @@ from typing import Any
 
 from agent.errors import ApiError, ResourceInUse, ResourceNotFound, ValidationException
 from agent.jobs.events import Event
-from agent.transports.iotcore import IotCoreConnection, Message
+from agent.transports.iotcore import IotCoreConnection
+from agent.transports.topics import Incoming
 from agent.transports.jobdoc import OPERATION
 from agent.transports.iotjobs_state import DONE, OWED, ExecutionLedger, ExecutionRecord
 
@@ -202,7 +203,7 @@ class IotJobsTransport:
         if event.channel == self.name:  # only jobs this transport created
             self._queue("event", event)
 
-    def _on_answer(self, message: Message) -> None:
+    def _on_answer(self, message: Incoming) -> None:
         body = _json(message)
         with self._answers_lock:
             future = self._answers.pop(str(body.get("clientToken", "")), None)
@@ -512,7 +513,7 @@ def _number(value: Any) -> str | None:
     return None if value is None else f"{float(value):.4g}"
 
 
-def _json(message: Message) -> dict:
+def _json(message: Incoming) -> dict:
     try:
         body = json.loads(message.payload or b"{}")
     except ValueError:

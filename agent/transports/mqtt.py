@@ -19,7 +19,6 @@ Delivery, in both directions, rests on three things:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import ssl
 import threading
@@ -34,6 +33,7 @@ from paho.mqtt.properties import Properties
 from agent.config import MqttConfig
 from agent.errors import AgentError, ConfigError
 from agent.transports import topics
+from agent.transports.topics import Incoming
 from agent.transports.binding import AccessPolicy, MqttApiBinding, Outgoing
 from agent.transports.outbox import Outbox
 
@@ -54,14 +54,6 @@ class MqttError(AgentError):
 
 class SubscriptionRefused(MqttError):
     """The broker's ACL does not let this client subscribe to a filter."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Incoming:
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
 
 
 class PahoSession:

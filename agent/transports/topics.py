@@ -31,6 +31,7 @@ kept in the agent's outbox until the broker acknowledges them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -54,6 +55,16 @@ TERMINAL_STATUSES = ("COMPLETED", "FAILED", "STOPPED")
 THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")  # AWS IoT's thing-name rule; no MQTT wildcards or "/"
 WILDCARDS = ("+", "#")
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Incoming:
+    """A received PUBLISH, as much of it as the bindings need, whichever MQTT client read it."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 # --- topics ---------------------------------------------------------------------------
 def check_thing_name(thing: str) -> str:

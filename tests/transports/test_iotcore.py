@@ -31,6 +31,7 @@ from agent.transports.iotcore import (
     ConnectRefused, IotCoreConnection, IotCoreError, IotCoreTransport, PublishFailed, SubscribeFailed,
     iotcore_transports, topic_matches, translate,
 )
+from tests.waiting import wait_until
 from tests.mosquitto import mosquitto_binary
 from tests.runner.conftest import make_config, scripted_job
 from tests.service.daemon_process import REPO, clean_env
@@ -330,9 +331,4 @@ def test_topic_matching(topic_filter, topic, expected):
 
 
 def _wait(predicate, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s")
+    wait_until(predicate, timeout)

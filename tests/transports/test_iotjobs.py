@@ -27,6 +27,7 @@ from agent.transports.iotjobs import (
     IotJobsTransport, compilation_job_name, detail, request_from_document, step_timeout_minutes,
 )
 from agent.transports.iotjobs_state import ExecutionLedger
+from tests.waiting import wait_until
 from tests.iotjobs_service import JobsService
 from tests.mosquitto import mosquitto_binary
 from tests.runner.conftest import make_config
@@ -317,9 +318,4 @@ def test_status_detail_values_are_short_single_line_strings():
 
 
 def _wait(predicate, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s")
+    wait_until(predicate, timeout)

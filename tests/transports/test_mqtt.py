@@ -15,6 +15,7 @@ from agent.errors import ConfigError
 from agent.samples import make_sample_archive
 from agent.transports import topics
 from agent.transports.mqtt import MqttError, PahoSession
+from tests import waiting
 from tests.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)
 from tests.transports import iot_fixtures
 from tests.transports.iot_fixtures import iot_broker, pki  # noqa: F401  (fixtures: an mTLS listener)
@@ -71,10 +72,7 @@ def correlation_of(message) -> bytes | None:
 
 
 def wait_until(predicate, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    waiting.wait_until(predicate, timeout)
 
 
 def request_v3(raw: RawClient, operation: str, payload: dict) -> tuple[str, dict]:
