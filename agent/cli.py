@@ -3,10 +3,12 @@
     neo-agent compile REQUEST.json   run one CreateCompilationJob request in the foreground
     neo-agent demo                   the whole flow on embedded defaults: S3 server, model, request
     neo-agent run                    serve the API (SageMaker's HTTP protocol) until SIGTERM/SIGINT
+    neo-agent detect                 which device profile this device is, why, and its TVM target
     neo-agent submit|describe|list|stop|delete|fleet-job   a device's agent over MQTT (agent/client/cli.py)
 
 Exit codes: 0 the job COMPLETED; 1 it ended FAILED or STOPPED; 2 the request was refused
-(ValidationException and friends) or the configuration is wrong.
+(ValidationException and friends) or the configuration is wrong. `detect` exits 0 when a
+profile matches this device and 1 when none does.
 """
 from __future__ import annotations
 
@@ -90,6 +92,16 @@ def cmd_run(args) -> int:
     return Daemon(config).run()
 
 
+def cmd_detect(args) -> int:
+    from agent.device import detect
+    from agent.device.describe import describe, format_description
+
+    detection = detect(args.root, machine=args.machine)
+    report = describe(detection)
+    print(json.dumps(report, indent=2) if args.json else format_description(report))
+    return EXIT_OK if detection.profile is not None else EXIT_JOB_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="WARNING", help="agent log level on stderr (default WARNING)")
@@ -112,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="where jobs are recorded; created if absent "
                    "(default: $NEO_AGENT_STATE_DIR or $XDG_STATE_HOME/neo-agent)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("detect", help="which device profile this device is, the evidence, and its TVM target "
+                                      "(exit 0 if one matches, 1 if none)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--root", type=Path, default=Path("/"),
+                   help="read /proc, the device tree and /etc under DIR instead (a captured tree)")
+    p.add_argument("--machine", help="the userland architecture (uname -m) to assume; "
+                                     "default: this Python's, or from --root's loader and cpuinfo")
+    p.set_defaults(func=cmd_detect)
 
     from agent.client.cli import add_commands  # submit, describe, list, stop, delete, fleet-job (over MQTT)
 
