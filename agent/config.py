@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from agent.errors import ConfigError
 
@@ -28,6 +28,8 @@ DEFAULT_MIN_SECONDS = 2.0
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-3
+DEFAULT_MAX_RETAINED_MB = 2048  # ended jobs' files kept on disk (agent.runner.housekeeping)
+DEFAULT_MIN_FREE_MB = 1024  # a job starts only with this much free in the state directory
 DEFAULT_HTTP = "127.0.0.1:8573"  # the SageMaker-protocol endpoint; on loopback it needs no signature
 
 
@@ -209,6 +211,90 @@ class MqttConfig:
                 raise ConfigError(f"mqtt.allowed_role_arns: {arn!r} is not an IAM role ARN")
 
 
+IOT_ROLE_ALIAS = re.compile(r"^[\w=,@-]{1,128}$")  # AWS IoT's RoleAlias pattern
+S3_ENV_PREFIX = "NEO_AGENT_S3_"
+
+
+@dataclasses.dataclass
+class S3Config:
+    """Where this device's S3 credentials come from; the order is agent/storage/credentials.py's.
+
+    Keys (or a named profile of the shared AWS files) win; then the AWS IoT credentials
+    provider, on when `iot_endpoint` is set: the thing's certificate buys temporary
+    credentials for the IAM role behind a role alias. `role_aliases` maps the RoleArns a
+    CreateCompilationJob may name to their role aliases; when it is empty every job uses
+    `iot_role_alias`. The thing name, certificate, key and CA default to the iotcore section's
+    (one thing, one certificate). Secrets stay out of repr and off disk (see to_child).
+    """
+
+    SECRETS = ("secret_access_key", "session_token")
+
+    access_key_id: str = ""
+    secret_access_key: str = dataclasses.field(default="", repr=False)
+    session_token: str = dataclasses.field(default="", repr=False)
+    profile: str = ""
+    iot_endpoint: str = ""
+    iot_role_alias: str = ""
+    iot_thing_name: str = ""
+    iot_cert: str = ""
+    iot_key: str = ""
+    iot_ca: str = ""
+    role_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def iot_enabled(self) -> bool:
+        return bool(self.iot_endpoint)
+
+    def inherit(self, iotcore: IotCoreConfig) -> None:
+        """Take the thing's identity from the iotcore section where this one names none."""
+        if not self.iot_thing_name:
+            self.iot_thing_name = iotcore.thing_name or default_thing_name()
+        if not self.iot_cert and not self.iot_key:  # a pair, or a key would meet a stranger's certificate
+            self.iot_cert, self.iot_key = iotcore.cert, iotcore.key
+        if not self.iot_ca:
+            self.iot_ca = iotcore.ca
+
+    def validate(self) -> None:
+        self.role_aliases = dict(self.role_aliases)
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            missing = "secret_access_key" if self.access_key_id else "access_key_id"
+            raise ConfigError(f"s3.{missing}: s3.access_key_id and s3.secret_access_key go together")
+        if self.session_token and not self.access_key_id:
+            raise ConfigError("s3.session_token: given without s3.access_key_id and s3.secret_access_key")
+        if self.profile and self.access_key_id:
+            raise ConfigError("s3.profile: give either s3.profile or s3.access_key_id, not both")
+        for arn, alias in self.role_aliases.items():
+            if not ROLE_ARN_ACCOUNT.match(arn):
+                raise ConfigError(f"s3.role_aliases: {arn!r} is not an IAM role ARN")
+            if not IOT_ROLE_ALIAS.match(alias):
+                raise ConfigError(f"s3.role_aliases: {alias!r} (for {arn}) is not a role alias ([\\w=,@-], 1-128)")
+        if self.iot_role_alias and not IOT_ROLE_ALIAS.match(self.iot_role_alias):
+            raise ConfigError(f"s3.iot_role_alias: {self.iot_role_alias!r} is not a role alias ([\\w=,@-], 1-128)")
+        if not self.iot_enabled:
+            if self.iot_role_alias or self.role_aliases:
+                raise ConfigError("s3.iot_endpoint: required when s3.iot_role_alias or s3.role_aliases is set")
+            return
+        if "/" in self.iot_endpoint or not self.iot_endpoint.strip():
+            raise ConfigError(f"s3.iot_endpoint: a host name (HOST or HOST:PORT), not a URL: {self.iot_endpoint!r}")
+        if not (self.iot_role_alias or self.role_aliases):
+            raise ConfigError("s3.iot_role_alias: required when s3.iot_endpoint is set (or s3.role_aliases)")
+        for key in ("iot_cert", "iot_key"):
+            if not getattr(self, key):
+                raise ConfigError(f"s3.{key}: required when s3.iot_endpoint is set (or the iotcore section's)")
+        thing = self.iot_thing_name
+        if not (1 <= len(thing) <= 128) or not all(c.isalnum() or c in ":_-" for c in thing):
+            raise ConfigError(f"s3.iot_thing_name: 1-128 characters of [a-zA-Z0-9:_-], got {thing!r}")
+        for key in ("iot_cert", "iot_key", "iot_ca"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"s3.{key}: no such file: {path}")
+
+    @staticmethod
+    def secret_variable(field: str) -> str:
+        """The environment variable that carries a secret field into the compile child."""
+        return f"{S3_ENV_PREFIX}{field.upper()}"
+
+
 @dataclasses.dataclass
 class AgentConfig:
     state_dir: Path = dataclasses.field(default_factory=default_state_dir)
@@ -221,10 +307,13 @@ class AgentConfig:
     )
     stop_grace_s: float = DEFAULT_STOP_GRACE_S
     deadline_grace_s: float = DEFAULT_DEADLINE_GRACE_S
+    max_retained_mb: int = DEFAULT_MAX_RETAINED_MB
+    min_free_mb: int = DEFAULT_MIN_FREE_MB
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     iotcore: IotCoreConfig = dataclasses.field(default_factory=IotCoreConfig)
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
+    s3: S3Config = dataclasses.field(default_factory=S3Config)
     # The SageMaker-protocol HTTP endpoint (HOST:PORT) and the SigV4 keys it accepts, access
     # key id -> secret. The secrets stay out of repr, logs and the compile child's spec.
     http: str = DEFAULT_HTTP
@@ -245,6 +334,9 @@ class AgentConfig:
         for key in ("queue_limit", "concurrency", "memory_limit_mb"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)!r}")
+        for key in ("max_retained_mb", "min_free_mb"):
+            if int(getattr(self, key)) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)!r}")
         for key in ("stop_grace_s", "deadline_grace_s"):
             if float(getattr(self, key)) < 0:
                 raise ConfigError(f"{key}: must not be negative")
@@ -254,6 +346,8 @@ class AgentConfig:
             raise ConfigError("bench.min_iterations: must be at least 1")
         self.iotcore.validate()
         self.mqtt.validate()
+        self.s3.inherit(self.iotcore)
+        self.s3.validate()
 
     @property
     def db_path(self) -> Path:
@@ -280,6 +374,8 @@ class AgentConfig:
             ("memory_limit_mb", int),
             ("stop_grace_s", float),
             ("deadline_grace_s", float),
+            ("max_retained_mb", int),
+            ("min_free_mb", int),
             ("http", str),
         ):
             raw = env.get(f"NEO_AGENT_{key.upper()}")
@@ -310,22 +406,49 @@ class AgentConfig:
         mqtt = _section_from_env(MqttConfig, "NEO_AGENT_MQTT_")
         if mqtt:
             values["mqtt"] = MqttConfig(**mqtt)
+        s3 = _section_from_env(S3Config, S3_ENV_PREFIX)
+        if s3:
+            values["s3"] = S3Config(**s3)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def to_child(self) -> dict[str, Any]:
-        """What the compile child needs, as JSON."""
+        """What the compile child needs, as JSON; it lands in spec.json, so no secret goes in."""
         data = dataclasses.asdict(self)
         data["state_dir"] = str(self.state_dir)
         data.pop("http_credentials")  # the child never serves HTTP, and spec.json is a file on disk
         data.pop("mqtt")  # nor MQTT; and the broker password stays off the disk
-        data.pop("iotcore")  # nor AWS IoT Core
+        data.pop("iotcore")  # nor AWS IoT Core (s3 already holds the thing's identity it needs)
+        for field in S3Config.SECRETS:  # these travel in the child's environment instead
+            data["s3"].pop(field)
         return data
+
+    def child_environment(self) -> dict[str, str]:
+        """The S3 secrets as NEO_AGENT_S3_* variables, for the compile child's environment.
+
+        Empty ones too, so the child sees this configuration's values and not whatever the
+        agent's own environment happened to hold.
+        """
+        return {S3Config.secret_variable(field): getattr(self.s3, field) for field in S3Config.SECRETS}
+
+    @classmethod
+    def from_child(cls, data: dict[str, Any], environ: Mapping[str, str] | None = None) -> "AgentConfig":
+        """The inverse of to_child(): the spec's JSON plus the secrets from `environ`."""
+        environ = os.environ if environ is None else environ
+        values = dict(data)
+        values["bench"] = BenchConfig(**values["bench"])
+        values["verify"] = VerifyConfig(**values["verify"])
+        s3 = dict(values.get("s3") or {})
+        for field in S3Config.SECRETS:
+            s3[field] = environ.get(S3Config.secret_variable(field), "")
+        values["s3"] = S3Config(**s3)
+        return cls(**values)
 
 
 def _section_from_env(section: type, prefix: str) -> dict[str, Any]:
     """A section's fields from `prefix` + FIELD environment variables, each cast to its type."""
-    casts = {"int": int, "float": float, "str": str, "bool": _boolean, "tuple[str, ...]": _comma_list}
+    casts = {"int": int, "float": float, "str": str, "bool": _boolean, "tuple[str, ...]": _comma_list,
+             "dict[str, str]": _role_alias_map}
     fields = {}
     for field in dataclasses.fields(section):
         name = f"{prefix}{field.name.upper()}"
@@ -335,14 +458,31 @@ def _section_from_env(section: type, prefix: str) -> dict[str, Any]:
         cast = casts[str(field.type)]
         try:
             fields[field.name] = cast(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: cannot read {raw!r} as {field.type}") from None
+        except ValueError as exc:
+            detail = f" ({exc})" if cast is _role_alias_map else ""
+            raise ConfigError(f"{name}: cannot read {raw!r} as {field.type}{detail}") from None
     return fields
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
     """NEO_AGENT_MQTT_ALLOWED_ACCOUNTS and the like: "a,b,c"; blanks ignored."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _role_alias_map(text: str) -> dict[str, str]:
+    """NEO_AGENT_S3_ROLE_ALIASES: "ARN=ALIAS,ARN2=ALIAS2".
+
+    Role names may hold "," and "=", so an entry ends only where the next one starts with
+    "arn:", and the alias is what follows the entry's last "=". Errors name entries by position.
+    """
+    mapping: dict[str, str] = {}
+    entries = [part.strip() for part in re.split(r",(?=\s*arn:)", text) if part.strip()]
+    for index, entry in enumerate(entries, start=1):
+        arn, equals, alias = entry.rpartition("=")
+        if not equals or not arn.strip() or not alias.strip():
+            raise ValueError(f"entry {index} is not ROLE_ARN=ROLE_ALIAS")
+        mapping[arn.strip()] = alias.strip()
+    return mapping
 
 
 def _boolean(text: str) -> bool:

@@ -7,7 +7,12 @@
     verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
     benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
     package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
-    upload    95-100% the archive and <model>-<target>.metrics.json to S3OutputLocation
+    upload    95-100% to S3OutputLocation: <model>-<target>.tar.gz, then <model>-<target>.metrics.json
+                      and <model>-<target>.log (the job's log so far); each verified in S3
+
+Transfers wait out storage outages until the job's deadline (agent.storage.retry), saying so in
+the stage message. A job that fails after the fetch still uploads its log, when it can, so
+the user finds why beside where the artifact would have been.
 
 `run(job, config, workdir, report)` returns a Result, or raises a JobFailure whose reason
 becomes the job's FailureReason. The keywords raised here (others come from the modules
@@ -29,13 +34,14 @@ import dataclasses
 import datetime
 import json
 import logging
+import shutil
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from agent import metrics as metrics_contract
 from agent.config import AgentConfig
-from agent.errors import ClientError
+from agent.errors import ClientError, JobFailure
 from agent.jobs.job import Job
 
 log = logging.getLogger(__name__)
@@ -56,9 +62,12 @@ MAX_ARCHIVE_MEMBERS = 10_000
 INPUT_SEED = 0
 ARTIFACT_FILES = ("model.so", "metadata.json", "metrics.json")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".onnx")
+FAILURE_LOG_PATIENCE_S = 30.0  # how long a failed job waits for storage to take its log
 
 
 class Reporter(Protocol):
+    log_path: Path | None  # the job's log file, uploaded beside the artifact; None: no log
+
     def stage(self, stage: str, percent: float, message: str = "") -> None: ...
     def derived(self, data_input_config: str) -> None: ...
 
@@ -77,8 +86,10 @@ class _Progress:
     def __init__(self, report: Reporter):
         self.report = report
         self.percent = 0.0
+        self.stage = "fetch"
 
     def __call__(self, stage: str, fraction: float = 0.0, message: str = "") -> None:
+        self.stage = stage
         start, end = STAGES[stage]
         self.percent = max(self.percent, start + (end - start) * min(max(fraction, 0.0), 1.0))
         self.report.stage(stage, round(self.percent, 1), message)
@@ -86,14 +97,50 @@ class _Progress:
 
 def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Result:
     """Every stage, in order; see the module docstring."""
-    from agent.compile import build, datainput, onnx_frontend, target
+    from agent.storage import Patience
 
     workdir = Path(workdir)
     progress = _Progress(report)
     deadline = (job.start_time or time.time()) + job.max_runtime
-
+    # Waiting for storage is announced in the current stage's message; it never moves percent.
+    patience = Patience(deadline=deadline, on_wait=lambda message: progress(progress.stage, 0, message))
+    storage = JobStorage(job, config)
     progress("fetch", 0, f"downloading {_redacted(job.input_config.get('S3Uri', ''))}")
-    model_path, stem = fetch(job, workdir)
+    model_path, stem = fetch(job, workdir, patience, client=storage.client("InputConfig"))
+    name = f"{stem}-{target_name(job.output_config)}"
+    try:
+        return _compile_and_publish(job, config, workdir, progress, patience, model_path, name, storage)
+    except JobFailure as failure:
+        _upload_log_after(failure, job.output_config, name, report, deadline, storage.client("OutputConfig"))
+        raise
+
+
+class JobStorage:
+    """The job's S3 client, made once and only for s3:// locations, with this device's
+    credentials for the job's RoleArn (agent.storage.credentials has the order)."""
+
+    def __init__(self, job: Job, config: AgentConfig):
+        self.job, self.config = job, config
+        self._client = None
+
+    def client(self, member: str):
+        uri = self.job.request.get(member, {}).get("S3OutputLocation" if member == "OutputConfig" else "S3Uri", "")
+        if not str(uri).startswith("s3://"):
+            return None
+        if self._client is None:
+            from agent.storage import credentials, s3
+
+            self._client = credentials.s3_client(self.config.s3, role_arn=self.job.request.get("RoleArn"),
+                                                 config=s3.client_config())
+        return self._client
+
+
+def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress: _Progress, patience,
+                         model_path: Path, name: str, storage: JobStorage) -> Result:
+    from agent.compile import build, datainput, onnx_frontend, target
+
+    report = progress.report
+    deadline = patience.deadline
 
     progress("prepare", 0, f"reading {model_path.name}")
     imported = onnx_frontend.load_and_import(model_path, job.input_config.get("DataInputConfig"))
@@ -144,18 +191,20 @@ def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Resul
     metrics = _ordered(metrics)
     progress("benchmark", 1, _latency_text(metrics))
 
-    name = f"{stem}-{target_name(output_config)}"
     progress("package", 0, f"packing {name}.tar.gz")
     archive, digest = package(artifact, metrics, workdir / "out" / f"{name}.tar.gz")
 
     progress("upload", 0, f"uploading to {output_config.get('S3OutputLocation', '')}")
-    artifact_uri = upload(archive, artifact / "metrics.json", output_config, name)
-    progress("upload", 1, f"uploaded {artifact_uri}")
-    return Result(artifact_uri=artifact_uri, artifact_digest=digest, metrics=metrics, local_artifact=archive)
+    stored = upload(archive, artifact / "metrics.json", output_config, name, patience=patience,
+                    log_path=report.log_path, client=storage.client("OutputConfig"),
+                    on_part=lambda done, total: progress("upload", 0.9 * done / total,
+                                                         f"uploaded part {done} of {total}"))
+    progress("upload", 1, f"uploaded {stored.uri} ({stored.size} bytes, verified by {stored.verified_by})")
+    return Result(artifact_uri=stored.uri, artifact_digest=digest, metrics=metrics, local_artifact=archive)
 
 
 # --- stages --------------------------------------------------------------------------------
-def fetch(job: Job, workdir: Path) -> tuple[Path, str]:
+def fetch(job: Job, workdir: Path, patience=None, client=None) -> tuple[Path, str]:
     """Download the model; returns (path of the one .onnx, the name stem for the artifact)."""
     from agent.storage import download, parse, safe_extract
 
@@ -166,7 +215,10 @@ def fetch(job: Job, workdir: Path) -> tuple[Path, str]:
     uri = job.input_config.get("S3Uri", "")
     location = parse(uri)
     filename = PurePosixPath(location.key or location.path or "").name or "model.tar.gz"
-    downloaded = download(uri, workdir / "input" / filename, max_bytes=MAX_MODEL_BYTES)
+    fetched = download(uri, workdir / "input" / filename, max_bytes=MAX_MODEL_BYTES, patience=patience,
+                       client=client)
+    log.info("fetched %s: %d bytes, checked by %s", location.redacted(), fetched.size, fetched.check)
+    downloaded = fetched.path
     stem = _stem(filename)
     if filename.lower().endswith(".onnx"):
         return downloaded, stem
@@ -206,15 +258,51 @@ def package(artifact: Path, metrics: dict, out: Path) -> tuple[Path, str]:
     return archive, digest(archive)
 
 
-def upload(archive: Path, metrics_json: Path, output_config: dict, name: str) -> str:
-    """The archive, then `<name>.metrics.json` beside it; returns the archive's URI."""
+def upload(archive: Path, metrics_json: Path, output_config: dict, name: str, *, patience=None,
+           log_path: Path | None = None, on_part=None, client=None):
+    """The archive, then `<name>.metrics.json` and `<name>.log` beside it; returns the archive's
+    Stored (agent.storage.s3), verified in S3."""
     from agent.storage import join
     from agent.storage import upload as put
 
     location, kms = output_config.get("S3OutputLocation", ""), output_config.get("KmsKeyId")
-    uri = put(archive, join(location, archive.name), kms_key_id=kms)
-    put(metrics_json, join(location, f"{name}.metrics.json"), kms_key_id=kms)
-    return uri
+    stored = put(archive, join(location, archive.name), kms_key_id=kms, patience=patience, on_part=on_part,
+                 client=client)
+    put(metrics_json, join(location, f"{name}.metrics.json"), kms_key_id=kms, patience=patience, client=client)
+    if log_path is not None:
+        upload_log(log_path, output_config, name, patience, client)
+    return stored
+
+
+def upload_log(log_path: Path, output_config: dict, name: str, patience, client=None) -> None:
+    """A snapshot of the job's log (it is still being written) as `<name>.log`."""
+    from agent.storage import join
+    from agent.storage import upload as put
+
+    if not Path(log_path).is_file():
+        return
+    snapshot = Path(log_path).with_name(f"{name}.log")
+    shutil.copyfile(log_path, snapshot)
+    try:
+        put(snapshot, join(output_config.get("S3OutputLocation", ""), snapshot.name),
+            kms_key_id=output_config.get("KmsKeyId"), patience=patience, client=client)
+    finally:
+        snapshot.unlink(missing_ok=True)
+
+
+def _upload_log_after(failure: JobFailure, output_config: dict, name: str, report: Reporter,
+                      deadline: float, client) -> None:
+    """Best effort, briefly: the job has failed already and must say so before its deadline."""
+    from agent.storage import Patience
+
+    if report.log_path is None or failure.keyword in ("OutputConfiguration", "ClientPermission",
+                                                      "StorageUnreachable", "StorageCredentials"):
+        return  # the output side is what failed: trying it again would only delay the verdict
+    patience = Patience(deadline=min(deadline, time.time() + FAILURE_LOG_PATIENCE_S), margin_s=0)
+    try:
+        upload_log(report.log_path, output_config, name, patience, client)
+    except JobFailure as exc:
+        log.warning("could not upload the log of the failed job: %s", exc.reason)
 
 
 # --- helpers -------------------------------------------------------------------------------

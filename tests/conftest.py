@@ -48,6 +48,20 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.fixture
+def own_s3(tmp_path, monkeypatch):
+    """An S3 server of this test's own, which it may kill and restart (tests/restartable_s3.py),
+    with OWN_BUCKET made; boto3 in this process and its children points at it."""
+    from tests.restartable_s3 import RestartableS3
+
+    server = RestartableS3(str(tmp_path / "own-moto.log"))
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    server.restart()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def s3_bucket(s3_env):
     import uuid
 

@@ -24,9 +24,10 @@ HOST_ARCH = MACHINE_ARCH.get(platform.machine().lower(), "X86_64")
 
 
 class RecordingReporter:
-    def __init__(self):
+    def __init__(self, log_path: Path | None = None):
         self.events: list[tuple[str, float, str]] = []
         self.derived_configs: list[str] = []
+        self.log_path = log_path
 
     def stage(self, stage: str, percent: float, message: str = "") -> None:
         self.events.append((stage, percent, message))
@@ -60,7 +61,9 @@ def make_job(input_uri: str, output_uri: str, *, data_input_config: str | None =
 
 
 def run(tmp_path: Path, job: Job, **verify):
-    reporter = RecordingReporter()
+    log_path = tmp_path / "job.log"
+    log_path.write_text("the job's log\n")
+    reporter = RecordingReporter(log_path)
     result = pipeline.run(job, make_config(tmp_path, **verify), tmp_path / "work", reporter)
     return result, reporter
 
@@ -108,9 +111,12 @@ def test_artifact_uploaded_with_its_digest(sample_run):
     assert packed_metrics == json.loads(json.dumps(result.metrics))
 
 
-def test_metrics_json_is_uploaded_beside_the_artifact(sample_run):
+def test_metrics_json_and_log_are_uploaded_beside_the_artifact(sample_run):
     result, _, out = sample_run
     assert json.loads((out / "model-ml_c5.metrics.json").read_text()) == json.loads(json.dumps(result.metrics))
+    assert (out / "model-ml_c5.log").read_text() == "the job's log\n"
+    assert sorted(p.name for p in out.iterdir()) == ["model-ml_c5.log", "model-ml_c5.metrics.json",
+                                                      "model-ml_c5.tar.gz"]
 
 
 def test_metrics_contract(sample_run):
@@ -202,7 +208,8 @@ def test_only_onnx_is_compiled(tmp_path):
 def test_verification_failure_stops_before_benchmark_and_keeps_metrics(tmp_path):
     """atol = -1 fails every element that is not bit-identical to onnxruntime's: the mismatch path."""
     archive = make_sample_archive(tmp_path / "in")
-    reporter = RecordingReporter()
+    reporter = RecordingReporter(tmp_path / "job.log")
+    reporter.log_path.write_text("why it failed\n")
     config = make_config(tmp_path, rtol=0.0, atol=-1.0)
     with pytest.raises(ClientError) as excinfo:
         pipeline.run(make_job(archive.as_uri(), (tmp_path / "out").as_uri()), config, tmp_path / "work", reporter)
@@ -214,7 +221,7 @@ def test_verification_failure_stops_before_benchmark_and_keeps_metrics(tmp_path)
     assert reporter.stages == STAGES[:4]
     assert failure.metrics["verification"]["passed"] is False and failure.metrics["tvm"] is None
     assert json.loads((tmp_path / "work" / "artifact" / "metrics.json").read_text())["verification"]["passed"] is False
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model-ml_c5.log"], "only the log is uploaded"
 
 
 def test_target_names():

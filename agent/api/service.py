@@ -23,6 +23,7 @@ from agent.config import AgentConfig
 from agent.errors import UnknownOperationException, ValidationException
 from agent.jobs.job import TERMINAL, Job, Status
 from agent.jobs.store import JobStore
+from agent.storage.credentials import role_alias_for
 
 DEFAULT_MAX_RESULTS = 10  # ListCompilationJobs' MaxResults when the caller gives none
 DEFAULT_SORT_BY = "CreationTime"
@@ -87,6 +88,10 @@ class CompilationService:
         self.validator.validate("CreateCompilationJob", body)
         request = _drop_nulls(body)
         validate_create(request, self.target_check)
+        if self.config.s3.role_aliases:
+            # The device can act only as the roles it holds AWS IoT role aliases for: refuse
+            # another RoleArn now rather than fail the job at its first S3 request.
+            role_alias_for(self.config.s3, request["RoleArn"])
         name = request["CompilationJobName"]
         arn = compilation_job_arn(self.config.region, self.config.account, name)
         job = Job(name=name, arn=arn, request=request, channel=self.channel)

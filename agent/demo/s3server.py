@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,16 +27,20 @@ def free_port() -> int:
 class S3Server:
     """`with S3Server() as s3: s3.endpoint_url` -> a running moto server on loopback."""
 
-    def __init__(self, port: int | None = None, log_path: str | None = None):
+    def __init__(self, port: int | None = None, log_path: str | None = None,
+                 tls: tuple[str, str] | None = None):
+        """`tls`: (certificate, key) files to serve https:// instead of http://."""
         self.port = port or free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.endpoint_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "S3Server":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port),
+             *(["-c", self.tls[0], "-k", self.tls[1]] if self.tls else [])],
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -45,7 +50,9 @@ class S3Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto server exited with {self.proc.returncode} before it was ready")
             try:
-                urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1).close()
+                # Only "is it up?": whether its certificate is trusted is the client's question.
+                context = ssl._create_unverified_context() if self.tls else None
+                urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1, context=context).close()
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.1)

@@ -79,6 +79,7 @@ class Job:
     derived_input_config: str = ""
     stage: str = "queued"
     percent: float = 0.0
+    stage_message: str = ""  # the stage's latest word, e.g. that it waits for S3; events carry it
     pid: int | None = None
     metrics: dict[str, Any] | None = None
     channel: str = ""

@@ -187,6 +187,7 @@ class JobStore:
                 status=job.status.value,
                 stage=job.stage,
                 percent=job.percent,
+                message=job.stage_message,
                 failure_reason=job.failure_reason,
                 metrics=job.metrics if job.status == Status.COMPLETED else None,
                 channel=job.channel,

@@ -56,9 +56,10 @@ def timeout_failure(max_runtime: int, stage: str) -> ClientError:
 class PipeReporter:
     """The pipeline's Reporter: forwards progress to the parent."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, log_path: Path | None = None):
         self._stream = stream
         self.current_stage = "fetch"
+        self.log_path = log_path  # this child's own stdout/stderr file, uploaded with the artifact
 
     def send(self, **message) -> None:
         self._stream.write(json.dumps(message) + "\n")
@@ -83,15 +84,16 @@ def _raise_deadline(signum, frame):
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     stream = os.fdopen(int(argv[2]), "w", buffering=1)
-    reporter = PipeReporter(stream)
+    reporter = PipeReporter(stream, Path(spec["log"]) if spec.get("log") else None)
 
-    from agent.config import AgentConfig, BenchConfig, VerifyConfig
+    from agent.config import AgentConfig, S3Config
     from agent.jobs.job import Job
 
-    cfg = dict(spec["config"])
-    cfg["bench"] = BenchConfig(**cfg["bench"])
-    cfg["verify"] = VerifyConfig(**cfg["verify"])
-    config = AgentConfig(**cfg)
+    # The S3 secrets come in the environment, not in SPEC.json (a file on disk); once read they
+    # leave it, so the engine workers and anything else this child starts never see them.
+    config = AgentConfig.from_child(spec["config"], os.environ)
+    for field in S3Config.SECRETS:
+        os.environ.pop(S3Config.secret_variable(field), None)
     job = Job.from_dict(spec["job"])
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ class ChildProcess:
         kill_at: float,
         stop_grace_s: float,
         clock: Callable[[], float] = time.time,
+        env: dict[str, str] | None = None,
     ):
         self.spec_path = spec_path
         self.log_path = log_path
@@ -57,6 +58,7 @@ class ChildProcess:
         self.kill_at = kill_at
         self.stop_grace_s = stop_grace_s
         self.clock = clock
+        self.env = env  # extra variables for the child (secrets that must not go in its spec file)
         self.outcome = Outcome()
         self._stop_requested = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -75,6 +77,7 @@ class ChildProcess:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,  # its own session and process group
+                env={**os.environ, **self.env} if self.env else None,
             )
         os.close(write_fd)
         self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True, name=f"child-{self.pid}")

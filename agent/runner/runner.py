@@ -7,6 +7,10 @@ the job's limits. The worker alone ends a job it started; `stop` only asks.
 After a restart, `recover` reads the store and works out where each job was: queued jobs are
 queued again, a job that was running is FAILED (its child is killed if it survived), a job
 that was stopping is STOPPED. Each such job says so in its notes.
+
+When a job ends, its folder is tidied and the state directory kept within its bound
+(agent.runner.housekeeping has the rule); a job that would start on a nearly full disk fails
+at once instead.
 """
 from __future__ import annotations
 
@@ -22,12 +26,14 @@ from agent.config import AgentConfig
 from agent.errors import ClientError, ServerError
 from agent.jobs.job import Job, Status
 from agent.jobs.store import JobStore
+from agent.runner import housekeeping
 from agent.runner.child import memory_failure, timeout_failure
 from agent.runner.process import ChildProcess, Outcome, kill_leftover_child
 
 log = logging.getLogger(__name__)
 
 PENDING_CHECK_INTERVAL_S = 1.0
+STAGE_MESSAGE_MAX = 512
 
 
 class Runner:
@@ -180,6 +186,8 @@ class Runner:
         if _pending_expired(job, start):
             self._fail_pending(job, start)
             return
+        if not self._room_for_a_job(name):
+            return
         job = self.store.transition(name, Status.INPROGRESS, start_time=start, stage="fetch", percent=0.0)
         deadline = start + job.max_runtime
         job_dir = self.config.job_dir(name)
@@ -188,7 +196,7 @@ class Runner:
         spec_path.write_text(
             json.dumps(
                 {"job": job.to_dict(), "config": self.config.to_child(), "deadline": deadline,
-                 "workdir": str(job_dir / "work")}
+                 "workdir": str(job_dir / "work"), "log": str(job_dir / "job.log")}
             )
         )
         child = ChildProcess(
@@ -199,6 +207,7 @@ class Runner:
             kill_at=deadline + self.config.deadline_grace_s,
             stop_grace_s=self.config.stop_grace_s,
             clock=self.clock,
+            env=self.config.child_environment(),  # the S3 secrets: never in spec.json
         )
         with self._cv:
             self._running[name] = child
@@ -218,7 +227,8 @@ class Runner:
     def _on_message(self, name: str, message: dict) -> None:
         event = message.get("event")
         if event == "stage":
-            self.store.update(name, stage=message["stage"], percent=float(message.get("percent", 0.0)))
+            self.store.update(name, stage=message["stage"], percent=float(message.get("percent", 0.0)),
+                              stage_message=str(message.get("message", ""))[:STAGE_MESSAGE_MAX])
         elif event == "derived":
             self.store.update(name, derived_input_config=message["data_input_config"])
 
@@ -233,6 +243,7 @@ class Runner:
                 metrics=outcome.result["metrics"],
             )
             log.info("COMPLETED: %s", outcome.result["artifact_uri"], extra={"job": name})
+            self._tidy(name, Status.COMPLETED)
             return
         if job.status == Status.STOPPING:
             status, reason = Status.STOPPED, ""
@@ -258,6 +269,31 @@ class Runner:
             ).reason
         self.store.transition(name, status, end_time=now, pid=None, failure_reason=reason)
         log.info("%s %s", status.value, reason, extra={"job": name})
+        self._tidy(name, status)
+
+    def _tidy(self, name: str, status: Status) -> None:
+        """housekeeping's rules 2 and 3, once a job has ended."""
+        kept = housekeeping.prune_ended(self.config.job_dir(name), status)
+        if kept:
+            self.store.update(name, note=f"the packed artifact stays on this device until the job is deleted: "
+                                         f"{', '.join(str(p) for p in kept)}")
+        housekeeping.enforce_budget(self.store, self.config.jobs_dir, self.config.max_retained_mb * 2**20)
+
+    def _room_for_a_job(self, name: str) -> bool:
+        """housekeeping's rule 4: fail the job now rather than halfway through on a full disk."""
+        free = housekeeping.free_bytes(self.config.state_dir)
+        if free >= self.config.min_free_mb * 2**20:
+            return True
+        housekeeping.enforce_budget(self.store, self.config.jobs_dir, 0, keep=name)
+        free = housekeeping.free_bytes(self.config.state_dir)
+        if free >= self.config.min_free_mb * 2**20:
+            return True
+        reason = ServerError("InsufficientDiskSpace", f"the state directory {self.config.state_dir} has "
+                                                      f"{free // 2**20} MiB free; a job needs at least "
+                                                      f"min_free_mb={self.config.min_free_mb}").reason
+        self.store.transition(name, Status.FAILED, failure_reason=reason, end_time=self.clock())
+        log.warning("FAILED %s", reason, extra={"job": name})
+        return False
 
     def _fail_if_open(self, name: str, reason: str) -> None:
         job = self.store.find(name)

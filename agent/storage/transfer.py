@@ -1,27 +1,33 @@
 """Moving a model in and an artifact out: the one module that talks to boto3 and to URLs.
 
-    download(uri, dest, *, max_bytes) -> dest          s3://, https:// (presigned URLs), file://
-    upload(path, uri, *, kms_key_id=None) -> uri       s3://, file://
+    download(uri, dest, *, max_bytes, patience=None, client=None) -> Fetched(path, size, check)
+    upload(path, uri, *, kms_key_id=None, patience=None, client=None, on_part=None) -> Stored
 
-boto3 finds its endpoint, region and credentials itself (AWS_ENDPOINT_URL_S3, AWS_REGION,
-AWS_ACCESS_KEY_ID, a profile, an instance role, ...); nothing here names an endpoint.
-Retries are botocore's "standard" mode (3 attempts, backoff); a later change adds outage handling.
-Downloads stream to a temporary file beside `dest` and are renamed into place only when
-complete and within `max_bytes`, so a half-fetched model never looks like a fetched one.
+Schemes: s3:// (agent.storage.s3: resumable, checksummed, verified), https:// (presigned URLs
+included) and file://. boto3 finds its endpoint, region and credentials itself
+(AWS_ENDPOINT_URL_S3, AWS_REGION, ...) unless the caller passes a `client` made by
+agent.storage.credentials; nothing here names an endpoint.
+
+Outages are waited out by `patience` (agent.storage.retry: backoff until the job's deadline);
+without one a transfer waits at most DEFAULT_PATIENCE_S. Downloads stream to a temporary file
+beside `dest` and are renamed into place only when complete, within `max_bytes` and checked
+(agent.storage.integrity), so a half-fetched model never looks like a fetched one.
 
 Foreign errors become Neo FailureReasons here, `raise ... from exc`:
 
-    ClientError: InputConfiguration   the input object is missing, its bucket is missing, its URI is bad
-                                      ("S3 object does not exist. Bucket: b, Key: k", Neo's own words)
+    ClientError: InputConfiguration   the input object is missing, its bucket is missing, its URI is
+                                      bad ("S3 object does not exist. Bucket: b, Key: k", Neo's own
+                                      words), or its bytes fail the integrity check
     ClientError: OutputConfiguration  the same, on the output side (S3OutputLocation, KmsKeyId)
     ClientError: ClientPermission     S3 or the URL said AccessDenied / 403 (or a local file is unreadable)
     ClientError: ModelSizeTooBig      the input is larger than max_bytes
-    ServerError: StorageUnreachable   no connection, a timeout, or a 5xx that outlasted the retries
+    ServerError: StorageUnreachable   no connection, a timeout, or a 5xx, for longer than the patience
     ServerError: StorageCredentials   this device has no usable AWS credentials
-    ServerError: StorageError         anything else botocore raised
+    ServerError: StorageError         anything else botocore raised; an upload that fails its check
 """
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import shutil
@@ -29,132 +35,70 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable
 
-from agent.errors import ClientError, JobFailure, ServerError
+from agent.errors import ClientError, ServerError
+from agent.storage import s3
+from agent.storage.integrity import Sink, b64
+from agent.storage.retry import Patience
+from agent.storage.s3 import Stored
 from agent.storage.uri import Location, parse
 
 CHUNK_BYTES = 1 << 20
 HTTP_TIMEOUT_S = 60.0
 USER_AGENT = "neo-edge-agent"
-NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
-DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
-                "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccountProblem"}
 INPUT, OUTPUT = "InputConfiguration", "OutputConfiguration"
 
 
-def download(uri: str, dest: Path, *, max_bytes: int) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    path: Path
+    size: int
+    check: str  # how the bytes were checked: "sha256", "md5-etag", "size" or "local"
+
+
+def download(uri: str, dest: Path, *, max_bytes: int, patience: Patience | None = None,
+             client=None) -> Fetched:
     """Fetch `uri` into the file `dest` (parents created); refuse anything over `max_bytes`."""
     loc = parse(uri, keyword=INPUT)
+    patience = patience or Patience.for_seconds()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
+    def too_big(size: int | None) -> ClientError:
+        return _too_big(loc, str(size) if size is not None else f"more than {max_bytes}", max_bytes)
+
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "w+b") as out:
             if loc.scheme == "s3":
-                _download_s3(loc, out, max_bytes)
+                check = s3.fetch_object(client or s3.default_client(), loc, out, max_bytes, patience, too_big)
             elif loc.scheme == "file":
-                _download_file(loc, out, max_bytes)
+                check = _download_file(loc, out, max_bytes)
             else:
-                _download_url(loc, out, max_bytes)
+                check = _download_url(loc, out, max_bytes, patience, too_big)
+            size = out.tell()
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return dest
+    return Fetched(dest, size, check)
 
 
-def upload(path: Path, uri: str, *, kms_key_id: str | None = None) -> str:
-    """Put the file `path` at `uri`; with `kms_key_id`, S3 encrypts it with that KMS key."""
+def upload(path: Path, uri: str, *, kms_key_id: str | None = None, patience: Patience | None = None,
+           client=None, on_part: Callable[[int, int], None] | None = None) -> Stored:
+    """Put the file `path` at `uri` and verify it there; with `kms_key_id`, S3 encrypts it with
+    that KMS key."""
     loc = parse(uri, keyword=OUTPUT)
     if loc.scheme == "s3":
-        _upload_s3(Path(path), loc, kms_key_id)
-    elif loc.scheme == "file":
+        return s3.put_object(client or s3.default_client(), Path(path), loc, kms_key_id,
+                             patience or Patience.for_seconds(), on_part)
+    if loc.scheme == "file":
         if kms_key_id:
             raise ClientError(OUTPUT, "KmsKeyId applies only to s3:// output locations, not to "
                                       f"{uri}; refusing to write the artifact unencrypted")
-        _upload_file(Path(path), loc)
-    else:
-        raise ClientError(OUTPUT, f"The output location must be an s3:// or file:// URI, got {loc.redacted()}")
-    return uri
-
-
-# --- s3 ---------------------------------------------------------------------------------------
-
-def _s3_client():
-    """A client from a fresh session, so each transfer reads credentials, region and endpoint
-    anew (boto3's default session would cache the credentials of its first use)."""
-    # Imported here, not at the top: the benchmark worker imports agent.storage and should not
-    # carry boto3's memory into its own peak RSS.
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client("s3", config=Config(retries={"mode": "standard"}))
-
-
-def _download_s3(loc: Location, out: BinaryIO, max_bytes: int) -> None:
-    if not loc.key or loc.key.endswith("/"):
-        raise ClientError(INPUT, f"The S3 URI must name an object, not a prefix: {loc.uri}")
-    try:
-        response = _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)
-        body = response["Body"]
-        try:
-            _check_size(response.get("ContentLength"), max_bytes, loc)
-            _copy_limited(body.iter_chunks(CHUNK_BYTES), out, max_bytes, loc)
-        finally:
-            body.close()
-    except JobFailure:
-        raise
-    except Exception as exc:
-        raise _s3_failure(exc, loc, INPUT) from exc
-
-
-def _upload_s3(path: Path, loc: Location, kms_key_id: str | None) -> None:
-    from boto3.exceptions import S3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
-
-    if not loc.key or loc.key.endswith("/"):
-        raise ClientError(OUTPUT, f"The S3 URI must name an object, not a prefix: {loc.uri}")
-    extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else None
-    # "classic" keeps the transfer in boto3's own threads whether or not awscrt is installed.
-    config = TransferConfig(preferred_transfer_client="classic")
-    try:
-        _s3_client().upload_file(str(path), loc.bucket, loc.key, ExtraArgs=extra, Config=config)
-    except S3UploadFailedError as exc:
-        # boto3 wraps the botocore error it caught; the original code is on the context.
-        cause = exc.__context__ if exc.__context__ is not None else exc
-        raise _s3_failure(cause, loc, OUTPUT, kms_key_id) from exc
-    except Exception as exc:
-        raise _s3_failure(exc, loc, OUTPUT, kms_key_id) from exc
-
-
-def _s3_failure(exc: BaseException, loc: Location, keyword: str, kms_key_id: str | None = None) -> JobFailure:
-    """Neo's words for what botocore raised while touching `loc`."""
-    from botocore import exceptions as bce
-
-    where = f"Bucket: {loc.bucket}, Key: {loc.key}"
-    if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        message = error.get("Message") or code
-        if code in NOT_FOUND_CODES:
-            return ClientError(keyword, f"S3 object does not exist. {where}")
-        if code == "NoSuchBucket":
-            return ClientError(keyword, f"S3 bucket does not exist. Bucket: {loc.bucket}")
-        if code in DENIED_CODES:
-            return ClientError("ClientPermission", f"Access denied by S3 ({code}). {where}")
-        if code.startswith("KMS."):
-            return ClientError(keyword, f"KMS key {kms_key_id} cannot be used: {code}: {message}. {where}")
-        if status >= 500:
-            return ServerError("StorageUnreachable", f"S3 answered {status} {code}: {message}. {where}")
-        return ClientError(keyword, f"S3 refused the request: {code}: {message}. {where}")
-    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
-        return ServerError("StorageCredentials", f"No usable AWS credentials on this device: {exc}")
-    if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError)):
-        return ServerError("StorageUnreachable", f"Cannot reach S3 ({type(exc).__name__}: {exc}). {where}")
-    return ServerError("StorageError", f"{type(exc).__name__}: {exc}. {where}")
+        return _upload_file(Path(path), loc)
+    raise ClientError(OUTPUT, f"The output location must be an s3:// or file:// URI, got {loc.redacted()}")
 
 
 # --- https ------------------------------------------------------------------------------------
@@ -167,32 +111,67 @@ class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _download_url(loc: Location, out: BinaryIO, max_bytes: int) -> None:
+def _download_url(loc: Location, out: BinaryIO, max_bytes: int, patience: Patience, too_big) -> str:
+    """GET the URL; after an outage resume with Range + If-Match when the server allows it."""
     opener = urllib.request.build_opener(_NoDowngradeRedirect)
-    request = urllib.request.Request(loc.uri, headers={"User-Agent": USER_AGENT})
     url = loc.redacted()
-    try:
-        with opener.open(request, timeout=HTTP_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            _check_size(int(length) if length and length.isdigit() else None, max_bytes, loc)
-            _copy_limited(iter(lambda: response.read(CHUNK_BYTES), b""), out, max_bytes, loc)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise ClientError(INPUT, f"Object does not exist at {url} (HTTP 404)") from exc
-        if exc.code in (401, 403):
-            raise ClientError("ClientPermission", f"Access denied to {url} (HTTP {exc.code}); "
-                                                  "a presigned URL may have expired") from exc
-        if exc.code >= 500:
-            raise ServerError("StorageUnreachable", f"{url} answered HTTP {exc.code}") from exc
-        raise ClientError(INPUT, f"{url} answered HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServerError("StorageUnreachable", f"Cannot download {url}: {reason}") from exc
+    sink = Sink(out, max_bytes, too_big)
+    first: dict[str, str | None] = {}
+
+    def attempt() -> None:
+        headers = {"User-Agent": USER_AGENT}
+        resuming = bool(sink.size) and first.get("accept-ranges") == "bytes" and bool(first.get("etag"))
+        if sink.size and not resuming:
+            sink.restart()
+        if resuming:
+            headers.update({"Range": f"bytes={sink.size}-", "If-Match": first["etag"] or ""})
+        try:
+            with opener.open(urllib.request.Request(loc.uri, headers=headers), timeout=HTTP_TIMEOUT_S) as response:
+                if resuming and response.status != 206:
+                    sink.restart()  # the server sent the whole object again
+                if not first:
+                    first.update({k.lower(): v for k, v in response.headers.items()})
+                    length = first.get("content-length")
+                    if length and length.isdigit() and int(length) > max_bytes:
+                        raise too_big(int(length))
+                length = response.headers.get("Content-Length")
+                end = sink.size + int(length) if length and length.isdigit() else None
+                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                    sink.write(chunk)
+                if end is not None and sink.size < end:  # http.client ends a short body quietly
+                    raise ServerError("StorageUnreachable", f"The connection to {url} closed after "
+                                                            f"{sink.size} of {end} bytes")
+        except urllib.error.HTTPError as exc:
+            raise _http_failure(exc, url) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerError("StorageUnreachable", f"Cannot download {url}: {reason}") from exc
+
+    patience.call(f"downloading {url}", attempt)
+    length = first.get("content-length")
+    from_s3 = any(name.startswith("x-amz") for name in first)  # only S3's ETag is an MD5
+    return sink.check(where=url, length=int(length) if length and length.isdigit() else None,
+                      checksum_sha256=first.get("x-amz-checksum-sha256"),
+                      etag=first.get("etag") if from_s3 else None,
+                      encryption=first.get("x-amz-server-side-encryption"))
+
+
+def _http_failure(exc: urllib.error.HTTPError, url: str):
+    if exc.code == 404:
+        return ClientError(INPUT, f"Object does not exist at {url} (HTTP 404)")
+    if exc.code in (401, 403):
+        return ClientError("ClientPermission", f"Access denied to {url} (HTTP {exc.code}); "
+                                               "a presigned URL may have expired")
+    if exc.code == 412:
+        return ClientError(INPUT, f"The object at {url} changed while it was being downloaded (HTTP 412)")
+    if exc.code >= 500 or exc.code == 429:
+        return ServerError("StorageUnreachable", f"{url} answered HTTP {exc.code}")
+    return ClientError(INPUT, f"{url} answered HTTP {exc.code} {exc.reason}")
 
 
 # --- file -------------------------------------------------------------------------------------
 
-def _download_file(loc: Location, out: BinaryIO, max_bytes: int) -> None:
+def _download_file(loc: Location, out: BinaryIO, max_bytes: int) -> str:
     source = Path(loc.path)
     try:
         if not source.is_file():
@@ -200,11 +179,12 @@ def _download_file(loc: Location, out: BinaryIO, max_bytes: int) -> None:
         _check_size(source.stat().st_size, max_bytes, loc)
         with source.open("rb") as src:
             _copy_limited(iter(lambda: src.read(CHUNK_BYTES), b""), out, max_bytes, loc)
+        return "local"
     except PermissionError as exc:
         raise ClientError("ClientPermission", f"This agent may not read {source}") from exc
 
 
-def _upload_file(path: Path, loc: Location) -> None:
+def _upload_file(path: Path, loc: Location) -> Stored:
     """Copy into place through a temporary file and a rename: readers never see half a file."""
     target = Path(loc.path)
     if loc.uri.endswith("/"):
@@ -220,6 +200,8 @@ def _upload_file(path: Path, loc: Location) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+        tmp = None
+        return Stored(loc.uri, target.stat().st_size, b64(s3.file_sha256(target)), 1, "local")
     except PermissionError as exc:
         raise ClientError("ClientPermission", f"This agent may not write {target}") from exc
     except OSError as exc:

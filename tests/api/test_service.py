@@ -7,7 +7,7 @@ import pytest
 
 from agent.api import CompilationService, UnknownOperationException
 from agent.api.shapes import operation_model
-from agent.config import AgentConfig
+from agent.config import AgentConfig, S3Config
 from agent.errors import ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationException
 from agent.jobs.job import Status
 
@@ -68,6 +68,29 @@ def test_the_queue_limit(store, runner, tmp_path):
     assert store.find("c") is None
     store.transition("a", Status.INPROGRESS)  # only queued (STARTING) jobs count
     service.create_compilation_job(make_body("c"))
+
+
+def test_role_arn_must_have_an_iot_role_alias_when_the_device_maps_them(store, runner, tmp_path):
+    """With s3.role_aliases, a RoleArn the device holds no role alias for is refused at Create."""
+    cert, key = tmp_path / "thing.pem", tmp_path / "thing.key"
+    cert.write_text("certificate")
+    key.write_text("key")
+    allowed = "arn:aws:iam::123456789012:role/service-role/NeoRole"  # make_body's
+    s3 = S3Config(iot_endpoint="creds.example", iot_cert=str(cert), iot_key=str(key),
+                  role_aliases={allowed: "neo-alias", "arn:aws:iam::123456789012:role/b": "b-alias"})
+    config = AgentConfig(state_dir=tmp_path, region=REGION, account=ACCOUNT, s3=s3)
+    service = CompilationService(store, runner, config, target_check=X86_TARGETS)
+    service.create_compilation_job(make_body("allowed"))
+    with pytest.raises(ValidationException) as caught:
+        service.create_compilation_job(make_body("other", RoleArn="arn:aws:iam::123456789012:role/other"))
+    assert caught.value.message == (
+        "RoleArn arn:aws:iam::123456789012:role/other cannot be used on this device: it holds AWS IoT role "
+        f"aliases only for the role ARNs arn:aws:iam::123456789012:role/b, {allowed}.")
+    assert store.find("other") is None and runner.calls == [("enqueue", "allowed")]
+
+
+def test_without_role_aliases_any_role_arn_is_accepted(service):
+    service.create_compilation_job(make_body("any", RoleArn="arn:aws:iam::210987654321:role/whatever"))
 
 
 def test_concurrent_creates_cannot_overshoot_the_queue(store, runner, tmp_path):

@@ -11,6 +11,10 @@ spaces (SageMaker's tag pattern allows them; a job made through the API must use
     derive=JSON          report a DerivedDataInputConfig
     fail=REASON          raise a ClientError with this detail
     crash                exit at once with code 3, no message
+    publish=MIB          pack MIB of random bytes as the artifact and upload it for real to the job's
+                         S3OutputLocation with agent.pipeline.upload and the job's credentials
+                         (agent.pipeline.JobStorage), waiting out storage outages until the job's
+                         deadline as the real upload stage does; returns its Result
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import dataclasses
 import os
 import signal
 import time
+from pathlib import Path
 
 from agent.errors import ClientError
 
@@ -54,4 +59,25 @@ def run(job, config, workdir, report):
             raise ClientError("InputConfiguration", value)
         elif key == "crash":
             os._exit(3)
+        elif key == "publish":
+            return _publish(job, config, Path(workdir), report, float(value))
     return Result(artifact_uri=f"file://{workdir}/out.tar.gz", artifact_digest="ab12", metrics={"scripted": True})
+
+
+def _publish(job, config, workdir: Path, report, mib: float) -> Result:
+    from agent import pipeline
+    from agent.storage import Patience, digest
+
+    report.stage("package", 90.0)
+    archive = workdir / "out" / "scripted-ml_c5.tar.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(os.urandom(int(mib * 2**20)))
+    metrics = workdir / "metrics.json"
+    metrics.write_text('{"scripted": true}')
+    report.stage("upload", 95.0)
+    patience = Patience(deadline=job.start_time + job.max_runtime,
+                        on_wait=lambda message: report.stage("upload", 95.0, message))
+    stored = pipeline.upload(archive, metrics, job.output_config, "scripted-ml_c5", patience=patience,
+                             log_path=report.log_path, client=pipeline.JobStorage(job, config).client("OutputConfig"))
+    return Result(artifact_uri=stored.uri, artifact_digest=digest(archive), metrics={"scripted": True},
+                  local_artifact=str(archive))

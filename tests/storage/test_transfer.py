@@ -13,8 +13,13 @@ from botocore.stub import Stubber
 
 from agent.demo.s3server import free_port
 from agent.errors import ClientError, ServerError
-from agent.storage import transfer
+from agent.storage.retry import Patience
 from agent.storage.transfer import download, upload
+
+
+def NO_PATIENCE() -> Patience:  # noqa: N802 - reads as a constant at the call
+    """An outage fails the transfer at once: these tests are about the error, not the wait."""
+    return Patience.for_seconds(0)
 
 
 @pytest.fixture
@@ -26,18 +31,22 @@ def payload(tmp_path) -> Path:
 
 def test_s3_round_trip(s3_bucket, payload, tmp_path):
     uri = f"s3://{s3_bucket}/jobs/j1/model.tar.gz"
-    assert upload(payload, uri) == uri
-    dest = download(uri, tmp_path / "down" / "model.tar.gz", max_bytes=1 << 20)
+    stored = upload(payload, uri)
+    assert (stored.uri, stored.size, stored.parts) == (uri, 100_000, 1)
+    fetched = download(uri, tmp_path / "down" / "model.tar.gz", max_bytes=1 << 20)
+    dest = fetched.path
     assert dest.read_bytes() == payload.read_bytes()
+    assert fetched.check == "sha256", "the agent's own uploads carry a SHA-256 that downloads check"
     assert [p.name for p in dest.parent.iterdir()] == ["model.tar.gz"], "no .part file is left"
 
 
-@pytest.mark.parametrize("size", [1000, 9 << 20])  # one PUT, and a multipart upload
+@pytest.mark.parametrize("size", [1000, 20 << 20])  # one PUT, and a multipart upload
 def test_kms_key_reaches_s3(s3_bucket, s3_env, tmp_path, size):
     key_id = boto3.client("kms", endpoint_url=s3_env.endpoint_url).create_key()["KeyMetadata"]["KeyId"]
     path = tmp_path / "artifact"
     path.write_bytes(os.urandom(size))
-    upload(path, f"s3://{s3_bucket}/out/artifact", kms_key_id=key_id)
+    stored = upload(path, f"s3://{s3_bucket}/out/artifact", kms_key_id=key_id)
+    assert stored.verified_by == "sha256"
     head = boto3.client("s3").head_object(Bucket=s3_bucket, Key="out/artifact")
     assert head["ServerSideEncryption"] == "aws:kms"
     assert key_id in head["SSEKMSKeyId"]
@@ -78,9 +87,8 @@ def test_access_denied(s3_env, monkeypatch, tmp_path):
     stub = Stubber(client)
     stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
     stub.activate()
-    monkeypatch.setattr(transfer, "_s3_client", lambda: client)
     with pytest.raises(ClientError) as info:
-        download("s3://b-denied/k", tmp_path / "m", max_bytes=10)
+        download("s3://b-denied/k", tmp_path / "m", max_bytes=10, client=client)
     assert info.value.reason == (
         "ClientError: ClientPermission: Access denied by S3 (AccessDenied). Bucket: b-denied, Key: k")
 
@@ -96,7 +104,7 @@ def test_size_limit_on_s3(s3_bucket, payload, tmp_path):
 def test_unreachable_endpoint(s3_env, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ServerError) as info:
-        download("s3://bucket/key", tmp_path / "m", max_bytes=10)
+        download("s3://bucket/key", tmp_path / "m", max_bytes=10, patience=NO_PATIENCE())
     assert info.value.keyword == "StorageUnreachable"
 
 
@@ -116,7 +124,7 @@ def test_presigned_url_download(s3_bucket, payload, tmp_path):
     url = boto3.client("s3").generate_presigned_url(
         "get_object", Params={"Bucket": s3_bucket, "Key": "m.tar.gz"}, ExpiresIn=300)
     assert url.startswith("http://127.0.0.1:")  # loopback http is accepted, as the uri module says
-    assert download(url, tmp_path / "m", max_bytes=1 << 20).read_bytes() == payload.read_bytes()
+    assert download(url, tmp_path / "m", max_bytes=1 << 20).path.read_bytes() == payload.read_bytes()
     with pytest.raises(ClientError, match="ModelSizeTooBig"):
         download(url, tmp_path / "m2", max_bytes=1000)
 
@@ -125,7 +133,7 @@ def test_file_round_trip(payload, tmp_path):
     uri = f"file://{tmp_path}/out/deep/model.tar.gz"
     upload(payload, uri)
     assert (tmp_path / "out" / "deep" / "model.tar.gz").read_bytes() == payload.read_bytes()
-    assert download(uri, tmp_path / "back", max_bytes=1 << 20).read_bytes() == payload.read_bytes()
+    assert download(uri, tmp_path / "back", max_bytes=1 << 20).path.read_bytes() == payload.read_bytes()
     assert not list((tmp_path / "out" / "deep").glob(".*"))
 
 
@@ -181,13 +189,14 @@ def http_url():
 ])
 def test_http_status_mapping(http_url, tmp_path, status, kind, keyword):
     with pytest.raises(kind) as info:
-        download(f"{http_url}/{status}/m.tar.gz?X-Amz-Signature=secret", tmp_path / "m", max_bytes=1 << 20)
+        download(f"{http_url}/{status}/m.tar.gz?X-Amz-Signature=secret", tmp_path / "m", max_bytes=1 << 20,
+                 patience=NO_PATIENCE())
     assert info.value.keyword == keyword
     assert "secret" not in info.value.reason
 
 
 def test_http_size_limit_with_and_without_content_length(http_url, tmp_path):
-    assert download(f"{http_url}/200/ok", tmp_path / "m", max_bytes=5000).stat().st_size == 5000
+    assert download(f"{http_url}/200/ok", tmp_path / "m", max_bytes=5000).size == 5000
     for path in ("/200/announced", "/200/unannounced"):
         with pytest.raises(ClientError, match="ModelSizeTooBig"):
             download(http_url + path, tmp_path / "m2", max_bytes=4999)
@@ -200,4 +209,4 @@ def test_redirect_to_remote_http_is_refused(http_url, tmp_path):
 
 def test_http_unreachable(tmp_path):
     with pytest.raises(ServerError, match="StorageUnreachable"):
-        download(f"http://127.0.0.1:{free_port()}/m", tmp_path / "m", max_bytes=10)
+        download(f"http://127.0.0.1:{free_port()}/m", tmp_path / "m", max_bytes=10, patience=NO_PATIENCE())
