@@ -12,10 +12,18 @@ Stop, on SIGTERM or SIGINT, in two stages (rq's request_stop, arq's grace period
   2. the runner stops: a running job's compile group gets SIGTERM, then SIGKILL after
      stop_grace_s, and the job ends FAILED with `ServerError: AgentShutdown`; queued jobs stay
      STARTING on disk and run after the next start.
-Then one summary line and exit 0. The whole budget is about stop_grace_s + 10 s, under
-systemd's default TimeoutStopSec of 90 s. A second signal during shutdown forces it: the
-compile groups are killed and the process exits at once with 128 + the signal number; the
-next start finds those jobs and fails them with `ServerError: AgentRestart`.
+Then one summary line and exit 0. The whole budget is `shutdown_budget_s`: stop_grace_s +
+RUNNER_STOP_MARGIN_S + TRANSPORT_STOP_TIMEOUT_S per transport (20 s with the defaults and the
+HTTP endpoint alone); systemd/neo-agent.service's TimeoutStopSec is sized from it. A second
+signal during shutdown forces it: the compile groups are killed and the process exits at once
+with 128 + the signal number; the next start finds those jobs and fails them with
+`ServerError: AgentRestart`.
+
+Under systemd (Type=notify; agent.service.notify): READY=1 once the runner and every transport
+have started; STATUS= follows the current job (agent.service.status); WATCHDOG=1 from the main
+loop in `run`, the thread that waits for the stop signal, and only while the job store answers,
+so a wedged agent goes quiet and systemd restarts it; STOPPING=1, asking for the whole budget,
+when the shutdown begins. systemd stops watching the watchdog once a stop has begun.
 
 Adding a transport (MQTT, IoT Core, ...): one more entry in `build_transports`, nothing else.
 """
@@ -32,6 +40,8 @@ from agent.config import AgentConfig
 from agent.jobs.job import Status
 from agent.runner.process import kill_leftover_child
 from agent.service.agent import Agent
+from agent.service.notify import Notifier
+from agent.service.status import ServiceStatus
 from agent.transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -40,7 +50,13 @@ EXIT_OK = 0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 TRANSPORT_STOP_TIMEOUT_S = 5.0  # stage 1: each transport's time to answer what it already read
 RUNNER_STOP_MARGIN_S = 5.0  # stage 2 waits stop_grace_s (SIGTERM -> SIGKILL) plus this
-WAIT_SLICE_S = 1.0  # the main loop's wait; signals wake it sooner
+STOP_SLACK_S = 5.0  # the rest of a shutdown: the summary, closing the store, the interpreter's exit
+WAIT_SLICE_S = 1.0  # the main loop's wait; signals wake it sooner, a watchdog may shorten it
+
+
+def shutdown_budget_s(config: AgentConfig, transports: int) -> float:
+    """The longest an orderly shutdown takes: what systemd's stop timeout must allow."""
+    return transports * TRANSPORT_STOP_TIMEOUT_S + config.stop_grace_s + RUNNER_STOP_MARGIN_S + STOP_SLACK_S
 
 
 def build_transports(config: AgentConfig, agent: Agent) -> list[Transport]:
@@ -74,27 +90,53 @@ class Daemon:
         self,
         config: AgentConfig,
         transport_factory: Callable[[AgentConfig, Agent], list[Transport]] = build_transports,
+        notifier: Notifier | None = None,
     ):
         self.config = config
         self.transport_factory = transport_factory
+        self.notifier = notifier if notifier is not None else Notifier.from_environment()
+        self.status = ServiceStatus(self.notifier.status)
         self.agent: Agent | None = None
         self.transports: list[Transport] = []
         self._stop_requested = threading.Event()
         self._shutting_down = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._store_failing = False
 
     # --- the foreground loop ----------------------------------------------------------
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, shut down; the exit code. Call from the main thread."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            self.start()
-            while not self._stop_requested.wait(WAIT_SLICE_S):
-                pass
+            try:
+                self.start()
+            except BaseException as exc:
+                self.notifier.status(f"failed to start: {exc}")
+                raise
+            watchdog_s = self.notifier.watchdog_interval()
+            wait_s = min(WAIT_SLICE_S, watchdog_s / 2) if watchdog_s else WAIT_SLICE_S
+            self._tick()
+            while not self._stop_requested.wait(wait_s):
+                self._tick()
             self.shutdown()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.notifier.close()
         return EXIT_OK
+
+    def _tick(self) -> None:
+        """One turn of the main loop: the watchdog ping, if the job store answers; a held-back STATUS."""
+        try:
+            self.agent.store.count([Status.STARTING])
+        except Exception:
+            if not self._store_failing:  # once, not every turn until the watchdog fires
+                log.exception("the job store did not answer; withholding the watchdog ping")
+            self._store_failing = True
+        else:
+            self._store_failing = False
+            self.notifier.watchdog()
+        self.status.flush()
 
     def request_stop(self) -> None:
         """Begin the two-stage shutdown (what the first SIGTERM or SIGINT does)."""
@@ -131,6 +173,10 @@ class Daemon:
         except BaseException:
             agent.store.close()
             raise
+        # Seeded before the runner starts, subscribed before recovery's events: nothing is missed.
+        self.status.seed(agent.store.with_status([Status.STARTING, Status.INPROGRESS, Status.STOPPING]))
+        self._unsubscribe = agent.events.subscribe(self.status.on_event)
+        self.notifier.status("starting: recovering jobs, starting transports")
         self.agent = agent.start()
         started: list[Transport] = []
         try:
@@ -143,6 +189,7 @@ class Daemon:
             raise
         endpoints = ", ".join(_describe(transport) for transport in self.transports) or "no transports"
         log.info("ready: %s; state %s", endpoints, self.config.state_dir)
+        self.notifier.ready(self.status.take())
 
     def shutdown(self) -> None:
         """Stage 1: transports stop taking requests. Stage 2: the runner stops. Safe to call twice."""
@@ -150,6 +197,9 @@ class Daemon:
             return
         self._shutting_down = True
         began = time.monotonic()
+        self.status.freeze()
+        self.notifier.stopping(f"stopping: {self.status.line()}",
+                               extend_timeout_s=shutdown_budget_s(self.config, len(self.transports)))
         for transport in reversed(self.transports):
             try:
                 transport.stop(TRANSPORT_STOP_TIMEOUT_S)
@@ -162,13 +212,14 @@ class Daemon:
         failed = sum(1 for job in ended if job is not None and "AgentShutdown" in (job.failure_reason or ""))
         unfinished = sum(1 for job in ended if job is not None and not job.status.terminal)
         queued = agent.store.count([Status.STARTING])
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         agent.shutdown()
-        log.info(
-            "stopped in %.1f s: %d running job(s) ended (%d FAILED with AgentShutdown)%s, "
-            "%d queued job(s) kept for the next start",
-            time.monotonic() - began, len(running), failed,
-            f", {unfinished} still unfinished" if unfinished else "", queued,
-        )
+        summary = (f"{len(running)} running job(s) ended ({failed} FAILED with AgentShutdown)"
+                   f"{f', {unfinished} still unfinished' if unfinished else ''}, "
+                   f"{queued} queued job(s) kept for the next start")
+        log.info("stopped in %.1f s: %s", time.monotonic() - began, summary)
+        self.notifier.status(f"stopped: {summary}")
 
 
 def _describe(transport: Transport) -> str:
