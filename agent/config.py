@@ -1,7 +1,9 @@
 """The agent's configuration: typed sections, every default a named constant.
 
-Loaded in a fixed order: defaults, then the environment (NEO_AGENT_*), then explicit
-arguments (the command line). A bad value fails fast with a ConfigError naming the key.
+Loaded in a fixed order (agent.configfile): defaults, then the file (agent.toml), then the
+environment (NEO_AGENT_*), then explicit arguments (the command line). A bad value fails fast
+with a ConfigError naming the key. These dataclasses are the schema: a field added here is a
+key of the file, a variable and a line of `neo-agent check-config`; repr=False marks a secret.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import dataclasses
 import os
 import re
 import socket
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -309,6 +312,9 @@ class AgentConfig:
     deadline_grace_s: float = DEFAULT_DEADLINE_GRACE_S
     max_retained_mb: int = DEFAULT_MAX_RETAINED_MB
     min_free_mb: int = DEFAULT_MIN_FREE_MB
+    # Allow CreateCompilationJob for a target this device is not: the artifact is built,
+    # verification and benchmark are skipped and metrics say not measured.
+    cross_compile: bool = False
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     iotcore: IotCoreConfig = dataclasses.field(default_factory=IotCoreConfig)
@@ -340,6 +346,8 @@ class AgentConfig:
         for key in ("stop_grace_s", "deadline_grace_s"):
             if float(getattr(self, key)) < 0:
                 raise ConfigError(f"{key}: must not be negative")
+        if not isinstance(self.cross_compile, bool):
+            raise ConfigError(f"cross_compile: must be true or false, got {self.cross_compile!r}")
         if self.bench.threads < 1:
             raise ConfigError("bench.threads: must be at least 1")
         if self.bench.min_iterations < 1:
@@ -362,55 +370,18 @@ class AgentConfig:
 
     @classmethod
     def load(cls, **overrides: Any) -> "AgentConfig":
-        """Defaults, then NEO_AGENT_* environment variables, then `overrides`."""
-        values: dict[str, Any] = {}
-        env = os.environ
-        for key, cast in (
-            ("state_dir", Path),
-            ("region", str),
-            ("account", str),
-            ("queue_limit", int),
-            ("concurrency", int),
-            ("memory_limit_mb", int),
-            ("stop_grace_s", float),
-            ("deadline_grace_s", float),
-            ("max_retained_mb", int),
-            ("min_free_mb", int),
-            ("http", str),
-        ):
-            raw = env.get(f"NEO_AGENT_{key.upper()}")
-            if raw is not None:
-                try:
-                    values[key] = cast(raw)
-                except ValueError:
-                    raise ConfigError(f"NEO_AGENT_{key.upper()}: cannot read {raw!r} as {cast.__name__}") from None
-        if env.get("NEO_AGENT_HTTP_CREDENTIALS") is not None:
-            values["http_credentials"] = parse_credentials(env["NEO_AGENT_HTTP_CREDENTIALS"])
-        for section_name, section in (("bench", BenchConfig), ("verify", VerifyConfig)):
-            fields = {}
-            for field in dataclasses.fields(section):
-                name = f"NEO_AGENT_{section_name.upper()}_{field.name.upper()}"
-                raw = env.get(name)
-                if raw is None:
-                    continue
-                cast = int if field.type in ("int", int) else float
-                try:
-                    fields[field.name] = cast(raw)
-                except ValueError:
-                    raise ConfigError(f"{name}: cannot read {raw!r} as {cast.__name__}") from None
-            if fields:
-                values[section_name] = section(**fields)
-        iotcore = _section_from_env(IotCoreConfig, "NEO_AGENT_IOTCORE_")
-        if iotcore:
-            values["iotcore"] = IotCoreConfig(**iotcore)
-        mqtt = _section_from_env(MqttConfig, "NEO_AGENT_MQTT_")
-        if mqtt:
-            values["mqtt"] = MqttConfig(**mqtt)
-        s3 = _section_from_env(S3Config, S3_ENV_PREFIX)
-        if s3:
-            values["s3"] = S3Config(**s3)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        """Defaults < the configuration file < NEO_AGENT_* variables < `overrides` (agent.configfile)."""
+        from agent.configfile import load_config
+
+        return load_config(overrides=overrides)
+
+    @classmethod
+    def from_mapping(cls, mapping: dict, *, source: str = "<mapping>") -> "AgentConfig":
+        """Defaults < `mapping`, shaped like the file ({"agent": {...}, "mqtt": {...}}), with the file's
+        checks; errors name `source`:section.key. For configuration that arrives whole (a deployment)."""
+        from agent.configfile import config_from_mapping
+
+        return config_from_mapping(mapping, source=source)
 
     def to_child(self) -> dict[str, Any]:
         """What the compile child needs, as JSON; it lands in spec.json, so no secret goes in."""
@@ -436,59 +407,12 @@ class AgentConfig:
         """The inverse of to_child(): the spec's JSON plus the secrets from `environ`."""
         environ = os.environ if environ is None else environ
         values = dict(data)
-        values["bench"] = BenchConfig(**values["bench"])
-        values["verify"] = VerifyConfig(**values["verify"])
-        s3 = dict(values.get("s3") or {})
+        for name, hint in typing.get_type_hints(cls).items():  # the sections, back from dicts
+            if dataclasses.is_dataclass(hint) and isinstance(values.get(name), dict):
+                values[name] = hint(**values[name])
+        s3 = dataclasses.asdict(values.get("s3") or S3Config())
         for field in S3Config.SECRETS:
             s3[field] = environ.get(S3Config.secret_variable(field), "")
         values["s3"] = S3Config(**s3)
         return cls(**values)
 
-
-def _section_from_env(section: type, prefix: str) -> dict[str, Any]:
-    """A section's fields from `prefix` + FIELD environment variables, each cast to its type."""
-    casts = {"int": int, "float": float, "str": str, "bool": _boolean, "tuple[str, ...]": _comma_list,
-             "dict[str, str]": _role_alias_map}
-    fields = {}
-    for field in dataclasses.fields(section):
-        name = f"{prefix}{field.name.upper()}"
-        raw = os.environ.get(name)
-        if raw is None:
-            continue
-        cast = casts[str(field.type)]
-        try:
-            fields[field.name] = cast(raw)
-        except ValueError as exc:
-            detail = f" ({exc})" if cast is _role_alias_map else ""
-            raise ConfigError(f"{name}: cannot read {raw!r} as {field.type}{detail}") from None
-    return fields
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    """NEO_AGENT_MQTT_ALLOWED_ACCOUNTS and the like: "a,b,c"; blanks ignored."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _role_alias_map(text: str) -> dict[str, str]:
-    """NEO_AGENT_S3_ROLE_ALIASES: "ARN=ALIAS,ARN2=ALIAS2".
-
-    Role names may hold "," and "=", so an entry ends only where the next one starts with
-    "arn:", and the alias is what follows the entry's last "=". Errors name entries by position.
-    """
-    mapping: dict[str, str] = {}
-    entries = [part.strip() for part in re.split(r",(?=\s*arn:)", text) if part.strip()]
-    for index, entry in enumerate(entries, start=1):
-        arn, equals, alias = entry.rpartition("=")
-        if not equals or not arn.strip() or not alias.strip():
-            raise ValueError(f"entry {index} is not ROLE_ARN=ROLE_ALIAS")
-        mapping[arn.strip()] = alias.strip()
-    return mapping
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(text)

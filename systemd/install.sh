@@ -12,7 +12,10 @@
 #   /opt/neo-edge-agent        a venv (python3.11, or $PYTHON) with this repository installed; root's
 #   /var/lib/neo-agent         0700 neo-agent: the job store and job folders
 #   /etc/neo-agent             0700 neo-agent
-#   /etc/neo-agent/agent.env   0600 neo-agent: NEO_AGENT_* settings; written once, never overwritten
+#   /etc/neo-agent/agent.toml  0600 neo-agent: the configuration file, from agent.toml.example (every
+#                              key, commented out, state_dir set); written once, never overwritten
+#   /etc/neo-agent/agent.env   0600 neo-agent: NEO_AGENT_* settings, over agent.toml; written once, never
+#                              overwritten
 #   /etc/systemd/system/neo-agent.service
 # The configuration belongs to neo-agent so that the agent can read its own settings; inside
 # the unit's sandbox (ProtectSystem=strict) it cannot change them.
@@ -68,6 +71,7 @@ if [ "$check" -eq 1 ]; then
     fi
     expect "$STATE_DIR" 700
     expect "$CONF_DIR" 700
+    expect "$CONF_DIR/agent.toml" 600
     expect "$CONF_DIR/agent.env" 600
     [ -x "$root$PREFIX/bin/neo-agent" ] || problem "$PREFIX/bin/neo-agent is missing (the venv)"
     if [ -z "$root" ] && [ -e "$PREFIX/bin/python" ]; then
@@ -128,11 +132,20 @@ private_dir() {
 }
 private_dir "$STATE_DIR"
 private_dir "$CONF_DIR"
+toml_file="$root$CONF_DIR/agent.toml"
+if [ ! -e "$toml_file" ]; then
+    # The example with the unit's state directory set, so check-config and health see it too.
+    (umask 077; sed "s|^#state_dir = .*|state_dir = \"$STATE_DIR\"|" "$REPO/agent.toml.example" >"$toml_file")
+    say "wrote $CONF_DIR/agent.toml"
+fi
+chown "$uid:$gid" "$toml_file"
+chmod 0600 "$toml_file"
 env_file="$root$CONF_DIR/agent.env"
 if [ ! -e "$env_file" ]; then
     (umask 077; cat >"$env_file" <<'EOF'
 # neo-edge-agent's settings: NEO_AGENT_* variables, one a line (README.md, "Configuration").
 # Read by systemd when the service starts: `systemctl restart neo-agent` after a change.
+# Each one set here wins over the same key in /etc/neo-agent/agent.toml, where the rest live.
 # The state directory is the unit's (/var/lib/neo-agent); NEO_AGENT_STATE_DIR is not used.
 #
 #NEO_AGENT_HTTP=127.0.0.1:8573

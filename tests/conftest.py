@@ -31,6 +31,13 @@ def published_model(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_machine_config(monkeypatch):
+    """No test reads this machine's /etc/neo-agent/agent.toml: NEO_AGENT_CONFIG="" means no file.
+    Tests of the file name theirs with --config or load_config(path)."""
+    monkeypatch.setenv("NEO_AGENT_CONFIG", "")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One moto server process for the session, on a free loopback port."""

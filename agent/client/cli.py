@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig
+from agent.configfile import load_config
 from agent.errors import ApiError
 from agent.transports import jobdoc, topics
 
@@ -148,7 +148,8 @@ class _remote:
     def __init__(self, args, persistent: bool = False):
         from agent.client.remote import RemoteAgent, settings_for
 
-        settings = settings_for(AgentConfig.load().mqtt, broker=args.broker, protocol=args.mqtt_version)
+        config = load_config(getattr(args, "config", None))  # the global --config, when given
+        settings = settings_for(config.mqtt, broker=args.broker, protocol=args.mqtt_version)
         self.remote = RemoteAgent(settings, args.thing, persistent=persistent)
         self.connect_timeout = min(args.timeout, CONNECT_TIMEOUT_S)
 

@@ -16,7 +16,8 @@ the agent's error tree:
         ├── UnrecognizedClientException         an access key id this agent was not given
         └── InvalidSignatureException           wrong signature, stale or future date, bad scope
 
-This module owns the SigV4 use of botocore; nothing else in the agent checks signatures.
+This module owns the SigV4 use of botocore; nothing else in the agent checks signatures, and
+`sign` makes the signature of the agent's own request to itself (`neo-agent health`).
 """
 from __future__ import annotations
 
@@ -149,6 +150,13 @@ class SigV4Verifier:
                 f"Signature not yet current: {amz_date} is still later than {_stamp(now + skew)} "
                 f"({_stamp(now)} + {minutes})"
             )
+
+
+def sign(url: str, headers: Mapping[str, str], body: bytes, key_id: str, secret: str, region: str) -> dict[str, str]:
+    """`headers` plus X-Amz-Date and the Authorization of a SigV4 signature over a POST to `url`."""
+    request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
+    SigV4Auth(Credentials(key_id, secret), SERVICE, region).add_auth(request)
+    return dict(request.headers.items())
 
 
 def _parse_authorization(value: str) -> tuple[str, str, str, str, list[str], str]:

@@ -77,10 +77,11 @@ def kill_alarm():
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without NEO_AGENT_*/AWS_* settings, plus the test's own."""
+    """This process's environment without NEO_AGENT_*/AWS_* settings or a configuration file, plus the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEO_AGENT_", "AWS_"))}
     env.update(FAST_BENCH_ENV)
     env.update(AWS_ENV)
+    env["NEO_AGENT_CONFIG"] = ""  # never this machine's /etc/neo-agent/agent.toml
     env.update(extra)
     return env
 

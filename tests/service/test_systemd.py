@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from agent.configfile import load_with_origins
 from agent.service.daemon import WAIT_SLICE_S, shutdown_budget_s
 from tests.service.daemon_process import (
     REPO,
@@ -186,6 +187,10 @@ def test_install_into_a_scratch_root_makes_the_user_private_dirs_and_config(tmp_
     assert mode_owner(root / "var/lib/neo-agent") == ("0o700", int(uid))
     assert mode_owner(root / "etc/neo-agent") == ("0o700", int(uid))
     assert mode_owner(root / "etc/neo-agent/agent.env") == ("0o600", int(uid))
+    toml = root / "etc/neo-agent/agent.toml"
+    assert mode_owner(toml) == ("0o600", int(uid))
+    installed = load_with_origins(toml, environ={})  # the example, with the unit's state directory set
+    assert installed.config.state_dir == Path("/var/lib/neo-agent") and "agent.state_dir" in installed.origins
     assert (root / "etc/systemd/system/neo-agent.service").read_bytes() == UNIT.read_bytes()
     wants = root / "etc/systemd/system/multi-user.target.wants/neo-agent.service"
     assert os.readlink(wants) == "/etc/systemd/system/neo-agent.service"
@@ -194,11 +199,14 @@ def test_install_into_a_scratch_root_makes_the_user_private_dirs_and_config(tmp_
     env = root / "etc/neo-agent/agent.env"
     env.write_text("NEO_AGENT_HTTP=127.0.0.1:9000\n")
     env.chmod(0o644)
+    toml.write_text("[agent]\nqueue_limit = 5\n")
+    toml.chmod(0o644)
     (root / "var/lib/neo-agent").chmod(0o755)
     again = run_install("--root", str(root))
     assert again.returncode == 0, again.stderr
     assert env.read_text() == "NEO_AGENT_HTTP=127.0.0.1:9000\n"
     assert mode_owner(env) == ("0o600", int(uid))
+    assert toml.read_text() == "[agent]\nqueue_limit = 5\n" and mode_owner(toml) == ("0o600", int(uid))
     assert mode_owner(root / "var/lib/neo-agent") == ("0o700", int(uid))
     assert [line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()] == ["neo-agent"]
 
@@ -228,6 +236,7 @@ def test_install_check_names_what_is_wrong(tmp_path):
     done = run_install("--check", "--root", str(tmp_path))
     assert done.returncode == 1
     for problem in ("no user neo-agent", "/var/lib/neo-agent is missing", "/etc/neo-agent/agent.env is missing",
+                    "/etc/neo-agent/agent.toml is missing",
                     "neo-agent.service is missing or differs"):
         assert problem in done.stderr, done.stderr
 
