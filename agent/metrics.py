@@ -36,7 +36,9 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
       "inputs":  [{"name", "shape", "dtype"}],    the static shapes compiled for
       "outputs": [{"name", "shape", "dtype"}],
       "data_input_config": str,            the shapes as a DataInputConfig; "derived": bool
-    }
+      "measured": bool,                    false when cross-compiled for another device: then
+      "not_measured": str                  says why, and verification, tvm, onnxruntime and
+    }                                      speedup_vs_onnxruntime are null
 
     ENGINE = {
       "latency_ms": {"mean", "p50", "p90", "p95", "p99", "min", "max", "stdev", ...},

@@ -2,11 +2,16 @@
 
     fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one .onnx
     prepare    5-15%  DataInputConfig checked or derived, graph frozen and folded, Relax import
-    compile   15-45%  host target (CompilerOptions) -> layout, fusion, CPU schedules -> TVM build
-                      -> model.so + metadata.json
+    compile   15-45%  the target (device profile + CompilerOptions) -> layout, fusion, CPU schedules
+                      -> TVM build -> model.so + metadata.json (model.tar of objects when
+                      cross-compiled for another architecture: the device links it when it loads it)
     verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
     benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
     package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
+
+A cross-compiled job (the agent's cross_compile setting, a target this device is not) skips
+verify and benchmark: nothing built for another device can be checked here, and metrics.json
+says so ("measured": false, "not_measured": why).
     upload    95-100% to S3OutputLocation: <model>-<target>.tar.gz, then <model>-<target>.metrics.json
                       and <model>-<target>.log (the job's log so far); each verified in S3
 
@@ -149,14 +154,16 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
     progress("prepare", 1, f"inputs {_shapes_text(imported.inputs)}")
 
     output_config = job.output_config
-    target.check_platform(output_config)
-    tvm_target, target_desc = target.host_target(output_config.get("CompilerOptions"))
-    layout = target.parse_compiler_options(output_config.get("CompilerOptions")).get("layout", build.DEFAULT_LAYOUT)
-    progress("compile", 0, f"building for {target_desc['mcpu']} ({target_desc['num-cores']} cores), {layout}")
+    resolution = target.resolve(output_config, allow_cross=config.cross_compile)
+    tvm_target, target_desc = target.tvm_target(resolution)
+    layout = resolution.options.get("layout", build.DEFAULT_LAYOUT)
+    where = "this device" if resolution.native else f"{resolution.profile.label}, cross-compiled"
+    progress("compile", 0, f"building for {where}: {target_desc['mcpu']} ({target_desc['num-cores']} cores), {layout}")
     artifact = workdir / "artifact"
-    built = build.build_and_export(imported.mod, tvm_target, artifact, layout=layout)
+    built = build.build_and_export(imported.mod, tvm_target, artifact, layout=layout,
+                                   linkable=target.runs_here(target_desc))
     breakdown = {**imported.seconds, **built.seconds}
-    _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc))
+    _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc, built.path.name))
     progress("compile", 1, f"built in {sum(built.seconds.values()):.1f} s; {_schedule_text(built.schedule)}")
 
     metrics = {
@@ -167,7 +174,13 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
         "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
         "inputs": [s.to_dict() for s in imported.inputs], "outputs": [s.to_dict() for s in imported.outputs],
         "data_input_config": datainput.to_json(imported.shapes), "derived": imported.derived_config is not None,
+        "measured": resolution.native,
     }
+    if not resolution.native:
+        metrics["not_measured"] = (f"cross-compiled for {resolution.profile.label} on {target.this_device().sentence}; "
+                                   "its outputs and speed can only be checked on that device")
+        return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
+                                   progress, patience, storage)
     progress("verify", 0, "running TVM and onnxruntime on the same inputs")
     inputs_npz = _make_inputs(workdir / "verify", imported.inputs)
     metrics["verification"] = verify(model_path, artifact, inputs_npz, config, deadline,
@@ -188,15 +201,20 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
             engine, source, inputs_npz, threads=config.bench.threads, bench=config.bench,
             timeout_s=_remaining(deadline)))
     metrics["speedup_vs_onnxruntime"] = metrics_contract.speedup(metrics["tvm"], metrics["onnxruntime"])
-    metrics = _ordered(metrics)
     progress("benchmark", 1, _latency_text(metrics))
+    return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
+                               progress, patience, storage)
 
+
+def _package_and_upload(metrics: dict, artifact: Path, library: str, name: str, workdir: Path,
+                        output_config: dict, progress: _Progress, patience, storage: "JobStorage") -> Result:
+    metrics = _ordered(metrics)
     progress("package", 0, f"packing {name}.tar.gz")
-    archive, digest = package(artifact, metrics, workdir / "out" / f"{name}.tar.gz")
+    archive, digest = package(artifact, metrics, workdir / "out" / f"{name}.tar.gz", library=library)
 
     progress("upload", 0, f"uploading to {output_config.get('S3OutputLocation', '')}")
     stored = upload(archive, artifact / "metrics.json", output_config, name, patience=patience,
-                    log_path=report.log_path, client=storage.client("OutputConfig"),
+                    log_path=progress.report.log_path, client=storage.client("OutputConfig"),
                     on_part=lambda done, total: progress("upload", 0.9 * done / total,
                                                          f"uploaded part {done} of {total}"))
     progress("upload", 1, f"uploaded {stored.uri} ({stored.size} bytes, verified by {stored.verified_by})")
@@ -249,12 +267,12 @@ def verify(model_path: Path, artifact: Path, inputs_npz: Path, config: AgentConf
     return metrics_contract.verification(report, output_names)
 
 
-def package(artifact: Path, metrics: dict, out: Path) -> tuple[Path, str]:
+def package(artifact: Path, metrics: dict, out: Path, library: str = "model.so") -> tuple[Path, str]:
     """metrics.json into the artifact folder, then the deterministic archive and its BLAKE2b."""
     from agent.storage import digest, pack
 
     _write_json(artifact / "metrics.json", metrics)
-    archive = pack({name: artifact / name for name in ARTIFACT_FILES}, out)
+    archive = pack({name: artifact / name for name in (library, *ARTIFACT_FILES[1:])}, out)
     return archive, digest(archive)
 
 
@@ -351,13 +369,13 @@ def _make_inputs(folder: Path, specs: list) -> Path:
     return save_npz(folder / "inputs.npz", make_inputs([s.to_dict() for s in specs], seed=INPUT_SEED))
 
 
-def _metadata(job: Job, imported: Any, target_desc: dict) -> dict:
+def _metadata(job: Job, imported: Any, target_desc: dict, library: str) -> dict:
     """metadata.json: what agent.runtime needs to load and check, and where the artifact came from."""
     from agent.compile import datainput
 
     return {
         "format": "neo-edge-agent/1",
-        "library": "model.so",
+        "library": library,
         "entry": "main",
         "framework": "ONNX",
         "inputs": [s.to_dict() for s in imported.inputs],

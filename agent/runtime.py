@@ -58,6 +58,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 LIBRARY = "model.so"
+OBJECTS = "model.tar"  # a cross-compiled artifact's library: tvm.runtime.load_module links it here
+LIBRARIES = (LIBRARY, OBJECTS)
 METADATA = "metadata.json"
 ENTRY = "main"
 _MAX_MEMBER_BYTES = 8 * 2**30  # model.so holds the weights; refuse absurd members early
@@ -158,7 +160,8 @@ def load(path: str | os.PathLike) -> CompiledModel:
 
     path = Path(path)
     if path.is_dir():
-        library, metadata = path / LIBRARY, path / METADATA
+        library = next((path / name for name in LIBRARIES if (path / name).is_file()), path / LIBRARY)
+        metadata = path / METADATA
         for needed in (library, metadata):
             if not needed.is_file():
                 raise ArtifactError(f"{path} has no {needed.name}; is it an unpacked compiled artifact?")
@@ -174,7 +177,7 @@ def load(path: str | os.PathLike) -> CompiledModel:
 
 def _extract(archive: Path, dest: Path) -> tuple[Path, Path]:
     """Copy out model.so and metadata.json only, under names we choose (no path from the tar)."""
-    wanted = {LIBRARY: dest / LIBRARY, METADATA: dest / METADATA}
+    wanted = {name: dest / name for name in (*LIBRARIES, METADATA)}
     found: dict[str, Path] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -190,10 +193,11 @@ def _extract(archive: Path, dest: Path) -> tuple[Path, Path]:
                     found[base] = wanted[base]
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArtifactError(f"{archive} is not a readable .tar.gz artifact: {exc}") from exc
-    missing = sorted(set(wanted) - set(found))
+    library = next((found[name] for name in LIBRARIES if name in found), None)
+    missing = ([] if library else [LIBRARY]) + ([] if METADATA in found else [METADATA])
     if missing:
         raise ArtifactError(f"{archive.name} has no {', '.join(missing)}; is it a compiled artifact?")
-    return found[LIBRARY], found[METADATA]
+    return library, found[METADATA]
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

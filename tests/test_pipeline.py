@@ -224,6 +224,28 @@ def test_verification_failure_stops_before_benchmark_and_keeps_metrics(tmp_path)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model-ml_c5.log"], "only the log is uploaded"
 
 
+def test_cross_compiling_for_a_raspberry_pi_ships_objects_and_measures_nothing(tmp_path):
+    """cross_compile on: the Pi's profile, aarch64 objects the Pi links when it loads them,
+    verify and benchmark skipped, and metrics.json saying why (this machine is not the Pi)."""
+    archive = make_sample_archive(tmp_path / "in")
+    config = make_config(tmp_path)
+    config.cross_compile = True
+    reporter = RecordingReporter()
+    job = make_job(archive.as_uri(), (tmp_path / "out").as_uri(), TargetDevice="rasp4b")
+    result = pipeline.run(job, config, tmp_path / "work", reporter)
+    assert reporter.stages == ["fetch", "prepare", "compile", "package", "upload"]
+    m = result.metrics
+    assert m["measured"] is False and "cross-compiled for TargetDevice rasp4b" in m["not_measured"]
+    assert m["verification"] is None and m["tvm"] is None and m["onnxruntime"] is None
+    assert m["target"]["mtriple"].startswith("aarch64") and m["target"]["mcpu"] == "cortex-a72"
+    with tarfile.open(tmp_path / "out" / "model-rasp4b.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["metadata.json", "metrics.json", "model.tar"]
+        assert json.load(tar.extractfile("metadata.json"))["library"] == "model.tar"
+        objects = tarfile.open(fileobj=tar.extractfile("model.tar"))
+        elf = objects.extractfile(objects.getmembers()[0]).read(20)
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183, "AArch64 objects"
+
+
 def test_target_names():
     assert pipeline.target_name({"TargetDevice": "rasp4b"}) == "rasp4b"
     assert pipeline.target_name({"TargetPlatform": {"Os": "LINUX", "Arch": "ARM64"}}) == "LINUX_ARM64"

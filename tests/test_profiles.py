@@ -27,7 +27,7 @@ from agent.device import (
     matches,
     profile_for,
 )
-from agent.device.catalog import DEFAULT_DIRECTORY
+from agent.device.catalog import SOURCE_DIRECTORY as DEFAULT_DIRECTORY
 from agent.errors import ConfigError, ValidationException
 
 DEVICES = Path(__file__).parent / "data" / "devices"
@@ -245,7 +245,7 @@ def test_cross_compiling_is_opt_in_and_uses_the_profile_s_own_values():
 
 
 def test_native_targets_take_the_machine_s_values():
-    nx = check_target({"TargetDevice": "jetson_xavier"}, tree("jetson_xavier_nx"))
+    nx = check_target({"TargetDevice": "jetson_xavier"}, tree("jetson_xavier_nx"), gpu=True)
     assert nx.native and nx.tvm_config()["host"]["num-cores"] == 6          # 8 when cross-compiled
     assert profile_for({"TargetDevice": "jetson_xavier"}).tvm_config()["host"]["num-cores"] == 8
     c5 = check_target({"TargetDevice": "ml_c5"}, tree("x86_64_c5")).tvm_config()
@@ -253,18 +253,18 @@ def test_native_targets_take_the_machine_s_values():
     arm64 = check_target({"TargetPlatform": {"Os": "LINUX", "Arch": "ARM64"}}, tree("rasp4b")).tvm_config()
     assert arm64["mcpu"] == "cortex-a72"                                    # the board's CPU
     nano = check_target({"TargetPlatform": NVIDIA, "CompilerOptions": json.dumps(
-        {"gpu-code": "sm_53", "trt-ver": "8.2.1", "cuda-ver": "10.2"})}, tree("jetson_nano")).tvm_config()
+        {"gpu-code": "sm_53", "trt-ver": "8.2.1", "cuda-ver": "10.2"})}, tree("jetson_nano"), gpu=True).tvm_config()
     assert nano["arch"] == "sm_53" and nano["host"]["mcpu"] == "cortex-a57"
 
 
 def test_an_nvidia_platform_request_must_name_this_jetson_s_gpu():
     options = json.dumps({"gpu-code": "sm_72", "trt-ver": "8.2.1", "cuda-ver": "10.2"})
     with pytest.raises(Exception, match="its GPU is sm_53, so CompilerOptions gpu-code 'sm_72' does not fit it"):
-        check_target({"TargetPlatform": NVIDIA, "CompilerOptions": options}, tree("jetson_nano"))
+        check_target({"TargetPlatform": NVIDIA, "CompilerOptions": options}, tree("jetson_nano"), gpu=True)
 
 
 def test_the_api_hook_answers_with_validation_exception():
-    check = api_target_check(tree("jetson_tx2"))
+    check = api_target_check(tree("jetson_tx2"), gpu=True)
     check({"TargetDevice": "jetson_tx2", "CompilerOptions": "{'gpu-code': 'sm_62'}"})
     for output_config, words in [
         ({"TargetDevice": "x86_win32"}, "Windows host"),
@@ -496,3 +496,32 @@ def _modules(module):
     yield module
     for imported in module.imports:
         yield from _modules(imported)
+
+
+def test_an_installed_agent_finds_the_profiles_its_wheel_carries(tmp_path):
+    """A non-editable install (systemd/install.sh) has no source tree: the wheel ships the
+    profiles as data files under sys.prefix, where the catalog looks when there is no checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from agent.device import catalog
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(catalog.SOURCE_DIRECTORY.parent)], check=True, timeout=300)
+    wheel = next(tmp_path.glob("neo_edge_agent-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n.rsplit("/", 1)[1] for n in names if "/data/share/neo-edge-agent/device_profiles/" in n}
+    assert shipped == {p.name for p in catalog.SOURCE_DIRECTORY.iterdir() if p.suffix in (".toml", ".md")}
+    assert str(catalog.INSTALLED_DIRECTORY).endswith("share/neo-edge-agent/device_profiles")
+
+
+def test_the_profiles_directory_can_be_named(tmp_path, monkeypatch):
+    import shutil
+
+    from agent.device import catalog
+
+    shutil.copytree(catalog.SOURCE_DIRECTORY, tmp_path / "profiles")
+    monkeypatch.setenv(catalog.DIRECTORY_VARIABLE, str(tmp_path / "profiles"))
+    assert catalog.default_directory() == tmp_path / "profiles"
+    assert catalog.load_catalog().directory == tmp_path / "profiles"

@@ -47,6 +47,18 @@ def test_load_folder_or_archive_and_match_onnxruntime(built, image, which):
     assert "CompiledModel(" in repr(loaded)
 
 
+def test_an_artifact_of_object_files_is_linked_when_it_is_loaded(tmp_path, image):
+    """A cross-compiled artifact ships model.tar; the device's C compiler links it at load."""
+    onnx_path = make_sample_model(tmp_path / "model.onnx")
+    folder = compile_artifact(onnx_path, tmp_path / "artifact", linkable=False)
+    assert (folder / "model.tar").is_file() and not (folder / "model.so").exists()
+    archive = pack({"model.tar": folder / "model.tar", "metadata.json": folder / "metadata.json"},
+                   tmp_path / "model-rasp4b.tar.gz")
+    got = runtime.load(archive).run({"input": image})
+    for g, w in zip(got, onnxruntime_outputs(onnx_path, {"input": image})):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_feed_as_list_or_single_array(model, image):
     by_name = model.run({"input": image})
     for other in (model.run([image]), model.run(image)):

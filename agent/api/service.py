@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 from agent.api import shapes
 from agent.api.arns import compilation_job_arn
-from agent.api.validation import PATTERN_OVERRIDES, TargetCheck, check_target, validate_create
+from agent.api.validation import PATTERN_OVERRIDES, TargetCheck, device_target_check, validate_create
 from agent.config import AgentConfig
 from agent.errors import UnknownOperationException, ValidationException
 from agent.jobs.job import TERMINAL, Job, Status
@@ -45,7 +45,7 @@ class CompilationService:
 
     `channel` is recorded on each job created through this service, so events about the job
     go back where the request came from. `target_check` decides which targets this device
-    compiles for (agent.api.validation.check_target by default; device profiles replace it).
+    compiles for (by default the device profiles, with the agent's cross_compile setting).
     """
 
     OPERATIONS = {
@@ -63,13 +63,13 @@ class CompilationService:
         config: AgentConfig,
         channel: str = "",
         *,
-        target_check: TargetCheck = check_target,
+        target_check: TargetCheck | None = None,
     ):
         self.store = store
         self.runner = runner
         self.config = config
         self.channel = channel
-        self.target_check = target_check
+        self.target_check = target_check or device_target_check(allow_cross=config.cross_compile)
         self.validator = shapes.ShapeValidator(pattern_overrides=PATTERN_OVERRIDES)
 
     def call(self, operation_name: str, body: dict[str, Any] | None) -> dict[str, Any]:

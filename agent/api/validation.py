@@ -2,7 +2,8 @@
 
 agent.api.shapes has already checked members, types, lengths, patterns and enums; this module
 checks how members relate (either/or, runtime bounds), what the JSON-in-a-string members hold
-(CompilerOptions, DataInputConfig), and what this device can actually do (frameworks, targets).
+(DataInputConfig), and what this device can actually do (frameworks; targets and their
+CompilerOptions through the device profiles, agent.device).
 Each rule raises ValidationException with a message that names the member.
 
 Documented extensions to SageMaker's rules:
@@ -11,13 +12,10 @@ Documented extensions to SageMaker's rules:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import platform
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent.compile import options as compiler_options
 from agent.errors import ValidationException
 from agent.jobs.job import MAX_RUNTIME_LIMIT
 
@@ -37,69 +35,25 @@ LIST_SHAPE_FRAMEWORKS = frozenset({"PYTORCH"})
 
 
 
-@dataclasses.dataclass(frozen=True)
-class HostTargets:
-    """What a host of one architecture can compile for, with its own CPU."""
-
-    devices: frozenset[str]
-    platforms: frozenset[tuple[str, str]]  # (Os, Arch), never with an Accelerator
-
-
-# The one table of host-compatible targets; device profiles will replace it.
-HOST_TARGETS = {
-    "x86_64": HostTargets(
-        devices=frozenset({"ml_m4", "ml_m5", "ml_c4", "ml_c5"}),
-        platforms=frozenset({("LINUX", "X86_64")}),
-    ),
-    "aarch64": HostTargets(
-        devices=frozenset(
-            {"ml_m6g", "ml_c6g", "rasp4b", "jetson_tx1", "jetson_tx2", "jetson_nano", "jetson_xavier"}
-        ),
-        platforms=frozenset({("LINUX", "ARM64")}),
-    ),
-}
-MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
-
 TargetCheck = Callable[[dict[str, Any]], None]
 
 
-def host_machine() -> str:
-    machine = platform.machine().lower()
-    return MACHINE_ALIASES.get(machine, machine)
+def device_target_check(*, allow_cross: bool = False, detection: Any = None) -> TargetCheck:
+    """The default target hook: the device profiles (agent.device) decide.
 
-
-def check_target(output_config: dict[str, Any], machine: str | None = None) -> None:
-    """Refuse targets this host cannot compile for; the default target hook.
-
-    Only CPU code for the host's own architecture is built here, so an accelerator or another
-    architecture is refused with what this device is and what it can do instead.
+    A request's TargetDevice or TargetPlatform must be this device (or, with the agent's
+    cross_compile setting, any profile the agent can build for), and its CompilerOptions must be
+    ones that profile accepts. The refusal says what this device is and what it compiles for.
+    This device is detected once, at the first request (`detection` pins it, for tests).
     """
-    machine = machine or host_machine()
-    targets = HOST_TARGETS.get(machine, HostTargets(frozenset(), frozenset()))
-    device = output_config.get("TargetDevice")
-    target_platform = output_config.get("TargetPlatform") or {}
-    if device is not None:
-        if device in targets.devices:
-            return
-        wanted = f"TargetDevice {device}"
-    else:
-        key = (target_platform.get("Os"), target_platform.get("Arch"))
-        if key in targets.platforms and not target_platform.get("Accelerator"):
-            return
-        wanted = "TargetPlatform " + _platform_text(target_platform)
-    choices = [f"TargetDevice {d}" for d in sorted(targets.devices)]
-    choices += [f"TargetPlatform {_platform_text({'Os': o, 'Arch': a})}" for o, a in sorted(targets.platforms)]
-    can = f"; it compiles for {', '.join(choices)}" if choices else "; it has no known targets"
-    raise ValidationException(f"This device is {machine}; {wanted} cannot be compiled on it{can}.")
+    from agent.device import api_target_check
+
+    return api_target_check(detection, allow_cross=allow_cross)
 
 
-def _platform_text(target_platform: dict[str, Any]) -> str:
-    parts = [f"{k}: {target_platform[k]}" for k in ("Os", "Arch", "Accelerator") if target_platform.get(k)]
-    return "{" + ", ".join(parts) + "}"
-
-
-def validate_create(body: dict[str, Any], target_check: TargetCheck = check_target) -> None:
-    """Neo's rules for a CreateCompilationJob body that already satisfies the model."""
+def validate_create(body: dict[str, Any], target_check: TargetCheck) -> None:
+    """Neo's rules for a CreateCompilationJob body that already satisfies the model; the
+    target and its CompilerOptions are `target_check`'s (see device_target_check)."""
     _check_model_source(body)
     _check_stopping_condition(body.get("StoppingCondition") or {})
     _check_input_config(body["InputConfig"])
@@ -193,14 +147,6 @@ def parse_data_input_config(text: str, framework: str) -> dict[str, list[int]] |
     return value
 
 
-def parse_compiler_options(text: str) -> dict[str, Any]:
-    """CompilerOptions' JSON object, with only the keys this device's compiler honours."""
-    try:
-        return compiler_options.parse(text)
-    except compiler_options.OptionsError as exc:
-        raise ValidationException(str(exc)) from None
-
-
 def _check_output_config(config: dict[str, Any]) -> None:
     has_device = config.get("TargetDevice") is not None
     has_platform = config.get("TargetPlatform") is not None
@@ -209,5 +155,3 @@ def _check_output_config(config: dict[str, Any]) -> None:
         raise ValidationException(
             f"OutputConfig must have either a TargetDevice or a TargetPlatform (exactly one); it has {which}."
         )
-    if config.get("CompilerOptions") is not None:
-        parse_compiler_options(config["CompilerOptions"])

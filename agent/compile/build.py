@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.compile import summarize_error
-from agent.compile.options import DEFAULT_LAYOUT
+from agent.compile.optimize import DEFAULT_LAYOUT
 from agent.errors import ClientError, ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KEYWORD = "CompilationError"
 LIBRARY_NAME = "model.so"
+OBJECTS_NAME = "model.tar"  # a cross-compiled library: object files the device links when it loads them
 
 
 def _translate(exc: BaseException, doing: str) -> Exception:
@@ -58,7 +59,7 @@ def _translate(exc: BaseException, doing: str) -> Exception:
 class Built:
     """What the compile stage produced."""
 
-    path: Path                  # model.so
+    path: Path                  # model.so, or model.tar of objects (cross-compiled)
     seconds: dict[str, float]   # {"optimize", "build", "export"}
     schedule: dict[str, Any]    # optimize's report: metrics.json's "schedule"
 
@@ -91,34 +92,36 @@ def build(mod: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.runtime.Exec
     return executable
 
 
-def export(executable: Any, out_dir: Path) -> Path:
-    """Write `out_dir/model.so`, linked by the host's C compiler (what tvm.runtime.load_module loads)."""
+def export(executable: Any, out_dir: Path, *, linkable: bool = True) -> Path:
+    """Write `out_dir/model.so`, linked by the host's C compiler (what tvm.runtime.load_module
+    loads); or, for code this machine cannot link (`linkable` False: another architecture),
+    `out_dir/model.tar` of object files, which tvm.runtime.load_module links on the device."""
     from tvm.support import cc
 
-    if not cc.get_cc():
+    if linkable and not cc.get_cc():
         raise ServerError(KEYWORD, "no C compiler found to link model.so; install gcc on this device")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LIBRARY_NAME
+    path = out_dir / (LIBRARY_NAME if linkable else OBJECTS_NAME)
     start = time.perf_counter()
     try:
         executable.export_library(str(path))
     except MemoryError:
         raise
     except Exception as exc:
-        raise _translate(exc, "linking model.so") from exc
+        raise _translate(exc, f"writing {path.name}") from exc
     log.info("exported %s (%d bytes) in %.1f s", path, path.stat().st_size, time.perf_counter() - start)
     return path
 
 
 def build_and_export(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Path, *,
-                     layout: str = DEFAULT_LAYOUT) -> Built:
-    """The compile stage: optimize, build, write model.so; each step timed."""
+                     layout: str = DEFAULT_LAYOUT, linkable: bool = True) -> Built:
+    """The compile stage: optimize, build, write model.so (or model.tar, see export); each step timed."""
     start = time.perf_counter()
     mod, schedule = optimize(mod, target, layout)
     optimized = time.perf_counter()
     executable = build(mod, target)
     built = time.perf_counter()
-    path = export(executable, out_dir)
+    path = export(executable, out_dir, linkable=linkable)
     return Built(path, {"optimize": optimized - start, "build": built - optimized,
                         "export": time.perf_counter() - built}, schedule)

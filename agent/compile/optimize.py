@@ -1,6 +1,8 @@
 """The graph-level passes and CPU schedules that run before TVM builds a model.
 
     optimize(mod, target, layout="NHWC") -> (mod, report)
+    fuse(mod, target, layout="NHWC") -> mod      the same but for schedule_module: the
+                                                 unscheduled PrimFuncs tuning starts from
 
 in this order, all inside `with target:` (LegalizeOps and the schedules read it):
 
@@ -37,12 +39,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.compile import schedule
-from agent.compile.options import DEFAULT_LAYOUT, LAYOUTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
 log = logging.getLogger(__name__)
+
+# CompilerOptions' `layout`, an extension of this agent's (the device profiles accept it): the
+# data layout convolutions are compiled in. NHWC was faster on every published model measured;
+# NCHW is there to compare, and for models where it is not.
+LAYOUTS = ("NHWC", "NCHW")
+DEFAULT_LAYOUT = "NHWC"
 
 # ConvertLayout's desired layouts per operator: [data, weights].
 CONV_LAYOUTS = {
@@ -54,11 +61,23 @@ CONV_LAYOUTS = {
 def optimize(mod: "tvm.IRModule", target: "tvm.target.Target",
              layout: str = DEFAULT_LAYOUT) -> tuple["tvm.IRModule", dict[str, Any]]:
     """The passes in the module docstring; (module ready for tvm.compile, schedule report)."""
+    start = time.perf_counter()
+    mod = fuse(mod, target, layout)
+    fused = time.perf_counter()
+    mod, report = schedule.schedule_module(mod, target)
+    log.info("optimized for layout %s: fusion %.1f s, schedules %.1f s", layout, fused - start,
+             time.perf_counter() - fused)
+    return mod, {"layout": layout, **report}
+
+
+def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT_LAYOUT) -> "tvm.IRModule":
+    """Everything `optimize` does before the schedules. Its PrimFuncs, still unscheduled, are
+    what agent.compile.tuning hands MetaSchedule: a workload is hashed by its structure, so
+    tuning records match only the functions this exact sequence of passes makes."""
     from tvm import relax
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-    start = time.perf_counter()
     with target:
         if CONV_LAYOUTS[layout]:
             mod = relax.transform.ConvertLayout(CONV_LAYOUTS[layout])(mod)
@@ -66,12 +85,7 @@ def optimize(mod: "tvm.IRModule", target: "tvm.target.Target",
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
-        mod = relax.get_pipeline("zero")(mod)
-    fused = time.perf_counter()
-    mod, report = schedule.schedule_module(mod, target)
-    log.info("optimized for layout %s: fusion %.1f s, schedules %.1f s", layout, fused - start,
-             time.perf_counter() - fused)
-    return mod, {"layout": layout, **report}
+        return relax.get_pipeline("zero")(mod)
 
 
 # Operators computed with numpy when all their inputs are constants: (call, *inputs) -> array.

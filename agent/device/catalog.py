@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +20,17 @@ from agent.device.profile import Profile, RefusedTarget, TargetError, platform_t
 from agent.device.schema import read_profile, read_refused
 from agent.errors import ConfigError
 
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "device_profiles"
+SOURCE_DIRECTORY = Path(__file__).resolve().parents[2] / "device_profiles"  # a checkout, an editable install
+# Where a wheel puts them (pyproject.toml's data-files): an installed agent has no source tree.
+INSTALLED_DIRECTORY = Path(sys.prefix) / "share" / "neo-edge-agent" / "device_profiles"
+DIRECTORY_VARIABLE = "NEO_AGENT_DEVICE_PROFILES"
+
+
+def default_directory() -> Path:
+    """$NEO_AGENT_DEVICE_PROFILES, else the source tree's device_profiles/, else the installed copy."""
+    if os.environ.get(DIRECTORY_VARIABLE):
+        return Path(os.environ[DIRECTORY_VARIABLE])
+    return SOURCE_DIRECTORY if SOURCE_DIRECTORY.is_dir() else INSTALLED_DIRECTORY
 REFUSED_FILE = "refused.toml"
 
 
@@ -67,10 +79,13 @@ class Catalog:
         raise RefusedTarget(f"TargetPlatform {text} is not supported by this agent; it knows {known}.")
 
 
-@functools.lru_cache(maxsize=8)
 def load_catalog(directory: Path | str | None = None) -> Catalog:
-    """Read and check every file of `directory` (device_profiles/ by default); cached per directory."""
-    directory = Path(directory) if directory is not None else DEFAULT_DIRECTORY
+    """Read and check every file of `directory` (default_directory() by default); cached per directory."""
+    return _load_catalog(Path(directory) if directory is not None else default_directory())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_catalog(directory: Path) -> Catalog:
     if not directory.is_dir():
         raise ConfigError(f"device profiles: {directory} is not a directory")
     profiles: dict[str, Profile] = {}

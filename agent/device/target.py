@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from agent.device.detect import Detection
 
-FIELD = "CompilerOptions"
+FIELD = "OutputConfig.CompilerOptions"  # as the API names members in its errors
 
 
 def parse_options(profile: Profile, compiler_options: str | dict | None) -> dict[str, Any]:

@@ -3,8 +3,8 @@ answers against botocore's output shapes."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
+from pathlib import Path
 from typing import Any
 
 from botocore.model import Shape
@@ -13,7 +13,8 @@ from botocore.validate import ParamValidator
 
 from agent.api.javaregex import compile_pattern
 from agent.api.shapes import ShapeValidator, operation_model
-from agent.api.validation import PATTERN_OVERRIDES, check_target
+from agent.api.validation import PATTERN_OVERRIDES, device_target_check
+from agent.device import detect
 from agent.jobs.job import Status
 
 REGION = "us-west-2"
@@ -32,8 +33,10 @@ VALID_BODY: dict[str, Any] = {
     "StoppingCondition": {"MaxRuntimeInSeconds": 900},
 }
 
-# The tests pin the host to x86_64; tests of the default hook patch platform.machine().
-X86_TARGETS = functools.partial(check_target, machine="x86_64")
+# The tests pin the device to an x86_64 server (ml_c5 class), from a captured /proc tree.
+DEVICES = Path(__file__).resolve().parents[1] / "data" / "devices"
+X86_DEVICE = detect(DEVICES / "x86_64_c5")
+X86_TARGETS = device_target_check(detection=X86_DEVICE)
 
 
 def make_body(name: str = "job-1", **changes: Any) -> dict[str, Any]:

@@ -30,13 +30,14 @@ def save(model, path: Path) -> Path:
 
 
 def compile_artifact(onnx_path: Path, out_dir: Path, data_input_config: str | None = None,
-                     layout: str = "NHWC") -> Path:
-    """What the pipeline's prepare + compile stages leave behind: model.so + metadata.json."""
+                     layout: str = "NHWC", linkable: bool = True) -> Path:
+    """What the pipeline's prepare + compile stages leave behind: model.so (model.tar of objects
+    when not `linkable`, as for a cross-compiled target) + metadata.json."""
     from agent.compile import build, onnx_frontend, target
 
     imported = onnx_frontend.load_and_import(onnx_path, data_input_config)
     tvm_target, desc = target.host_target()
-    build.build_and_export(imported.mod, tvm_target, out_dir, layout=layout)
+    build.build_and_export(imported.mod, tvm_target, out_dir, layout=layout, linkable=linkable)
     metadata = {"inputs": [s.to_dict() for s in imported.inputs],
                 "outputs": [s.to_dict() for s in imported.outputs], "target": desc}
     (out_dir / "metadata.json").write_text(json.dumps(metadata))

@@ -1,4 +1,4 @@
-"""The host target, CompilerOptions, TargetPlatform checks and the device description."""
+"""The job's target from the device profiles, CompilerOptions, and the device description."""
 from __future__ import annotations
 
 import platform
@@ -38,15 +38,16 @@ def test_compiler_options_override_mcpu_and_add_mattr(options):
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_layout_is_an_agent_extension_the_target_ignores(layout):
     options = f'{{"layout": "{layout}"}}'
-    assert target.parse_compiler_options(options) == {"layout": layout}
-    assert "layout" not in target.host_target(options)[1]
+    resolution = target.resolve({"TargetPlatform": {"Os": "LINUX", "Arch": HOST_ARCH}, "CompilerOptions": options})
+    assert resolution.options == {"layout": layout}
+    assert "layout" not in target.tvm_target(resolution)[1]
 
 
 @pytest.mark.parametrize("options, words", [
-    ('{"layout": "NCHW4c"}', "CompilerOptions: layout 'NCHW4c' is not supported; it accepts NHWC or NCHW"),
-    ('{"mcpu": "no-such-cpu"}', "CompilerOptions mcpu 'no-such-cpu' is not a CPU LLVM knows"),
-    ('{"mattr": ["neon"]}', "CompilerOptions: mattr must be a list of strings"),
-    ('{"mattr": 5}', "CompilerOptions: mattr must be a list of strings"),
+    ('{"layout": "NCHW4c"}', "CompilerOptions: layout 'NCHW4c' is not accepted"),
+    ('{"mcpu": "no-such-cpu"}', "no-such-cpu"),
+    ('{"mattr": ["neon"]}', "CompilerOptions: mattr must be a list"),
+    ('{"mattr": 5}', "CompilerOptions: mattr must be a list"),
     ("not json", "CompilerOptions must be a JSON object"),
     ("[1, 2]", "CompilerOptions must be a JSON object"),
 ])
@@ -57,21 +58,30 @@ def test_bad_compiler_options(options, words):
     assert words in excinfo.value.detail
 
 
-def test_platform_of_this_host_is_accepted():
-    target.check_platform({"TargetPlatform": {"Os": "LINUX", "Arch": HOST_ARCH}})
-    target.check_platform({"TargetDevice": "ml_c5"})
-    target.check_platform({})
+def test_targets_of_this_device_resolve_natively():
+    for output in ({"TargetPlatform": {"Os": "LINUX", "Arch": HOST_ARCH}}, {"TargetDevice": "ml_c5"}):
+        resolution = target.resolve(output)
+        assert resolution.native and target.runs_here(target.tvm_target(resolution)[1])
 
 
-@pytest.mark.parametrize("platform_, words", [
-    ({"Os": "LINUX", "Arch": OTHER_ARCH}, f"TargetPlatform Arch {OTHER_ARCH} is not this device's architecture"),
-    ({"Os": "ANDROID", "Arch": HOST_ARCH}, "TargetPlatform Os ANDROID is not this device's OS"),
-    ({"Os": "LINUX", "Arch": HOST_ARCH, "Accelerator": "NVIDIA"}, "Accelerator NVIDIA is not supported"),
+@pytest.mark.parametrize("output, words", [
+    ({"TargetPlatform": {"Os": "LINUX", "Arch": OTHER_ARCH}}, "is not this device"),
+    ({"TargetPlatform": {"Os": "ANDROID", "Arch": HOST_ARCH}}, "TargetPlatform {Os: ANDROID"),
+    ({"TargetPlatform": {"Os": "LINUX", "Arch": "ARM64", "Accelerator": "NVIDIA"}}, "needs GPU code"),
 ])
-def test_platform_this_host_cannot_compile_for(platform_, words):
+def test_targets_this_device_cannot_compile_for(output, words):
+    """The compile child checks again what the API checked: a ClientError naming the member."""
     with pytest.raises(ClientError) as excinfo:
-        target.check_platform({"TargetPlatform": platform_})
+        target.resolve(output)
     assert excinfo.value.keyword == "InputConfiguration" and words in excinfo.value.detail
+
+
+def test_cross_compiling_for_an_arm_board_is_opt_in():
+    resolution = target.resolve({"TargetDevice": "rasp4b"}, allow_cross=True)
+    _, desc = target.tvm_target(resolution)
+    assert not resolution.native
+    assert desc["mtriple"].startswith("aarch64") and desc["mcpu"] == "cortex-a72"
+    assert not target.runs_here(desc), "its code ships as objects for the Pi to link"
 
 
 def test_device_description():
