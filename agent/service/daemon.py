@@ -26,6 +26,10 @@ so a wedged agent goes quiet and systemd restarts it; STOPPING=1, asking for the
 when the shutdown begins. systemd stops watching the watchdog once a stop has begun.
 
 Adding a transport (MQTT, IoT Core, ...): one more entry in `build_transports`, nothing else.
+AWS IoT Core is reached one way or the other, never both: through the Greengrass nucleus (IPC,
+agent/transports/greengrass.py) when the nucleus started the agent, which its environment shows
+(AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT and SVCUID), else directly over mTLS when
+iotcore.endpoint is set. IoT Jobs follows the same connection.
 """
 from __future__ import annotations
 
@@ -76,11 +80,31 @@ def build_transports(config: AgentConfig, agent: Agent) -> list[Transport]:
         from agent.transports.mqtt import MqttTransport
 
         transports.append(MqttTransport.from_agent(agent))
+    transports += _cloud_transports(config, agent)
+    return transports
+
+
+def _cloud_transports(config: AgentConfig, agent: Agent) -> list[Transport]:
+    """AWS IoT Core and IoT Jobs: through the Greengrass nucleus when it started us, else over mTLS.
+
+    Under Greengrass (its IPC socket and SVCUID in the environment) the nucleus's own connection
+    is used: a second one with the same thing name as client id would keep displacing it, and
+    needs a certificate the component does not have.
+    """
+    from agent.transports.greengrass_ipc import under_greengrass
+
+    if under_greengrass():
+        from agent.transports.greengrass import greengrass_transports
+
+        if config.iotcore.enabled:
+            log.warning("iotcore.endpoint is ignored: under Greengrass the agent uses the nucleus's connection to "
+                        "AWS IoT Core (a second one with the thing's client id would keep displacing it)")
+        return greengrass_transports(agent)
     if config.iotcore.enabled:  # AWS IoT Core, and IoT Jobs on the same connection
         from agent.transports.iotcore import iotcore_transports
 
-        transports += iotcore_transports(agent)
-    return transports
+        return iotcore_transports(agent)
+    return []
 
 
 class Daemon:

@@ -110,6 +110,20 @@ def request_from_document(document: Any, name: str) -> dict[str, Any]:
     return {**request, "CompilationJobName": name}
 
 
+def subscription_filters(thing: str) -> list[str]:
+    """What the agent subscribes to: notify-next, notify, then the answers to its three requests."""
+    base = f"$aws/things/{thing}/jobs"
+    return [f"{base}/notify-next", f"{base}/notify"] + [
+        f"{base}/{request}/{answer}" for request in ("start-next", "+/update", "+/get")
+        for answer in ("accepted", "rejected")]
+
+
+def request_filters(thing: str) -> list[str]:
+    """What it publishes to, as filters ({jobId} is one level): StartNext, UpdateJobExecution, DescribeJobExecution."""
+    base = f"$aws/things/{thing}/jobs"
+    return [f"{base}/start-next", f"{base}/+/update", f"{base}/+/get"]
+
+
 def step_timeout_minutes(max_runtime_s: int, margin_min: int) -> int:
     """MaxRuntimeInSeconds in whole minutes, rounded up, plus the margin, within IoT's 1..10080."""
     return max(1, min(STEP_TIMEOUT_MAX_MIN, math.ceil(max_runtime_s / 60) + int(margin_min)))
@@ -142,7 +156,11 @@ class Running:
 
 
 class IotJobsTransport:
-    """AWS IoT Jobs for this thing; a plug-in of the API like every transport."""
+    """AWS IoT Jobs for this thing; a plug-in of the API like every transport.
+
+    `connection` is the AWS IoT Core connection (IotCoreConnection), or the Greengrass nucleus's
+    (greengrass_ipc.IpcConnection, the same interface).
+    """
 
     name = "iotjobs"
 
@@ -164,13 +182,11 @@ class IotJobsTransport:
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
-        filters = [f"{self.base}/notify-next", f"{self.base}/notify"]
+        filters = subscription_filters(self.connection.thing)
         self.connection.route(filters[0], lambda m: self._queue("notify-next", _json(m)))
         self.connection.route(filters[1], lambda m: self._queue("notify", _json(m)))
-        for request in ("start-next", "+/update", "+/get"):
-            for answer in ("accepted", "rejected"):
-                filters.append(f"{self.base}/{request}/{answer}")
-                self.connection.route(filters[-1], self._on_answer)
+        for answers in filters[2:]:
+            self.connection.route(answers, self._on_answer)
         self.connection.on_connect(lambda resumed: self._queue("resync", None))
         self._unsubscribe = self.events.subscribe(self._on_event)
         self.connection.start()
