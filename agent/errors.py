@@ -9,6 +9,7 @@
     │   ├── UnknownOperationException an operation this API does not have
     │   ├── SerializationException    the request body is not a JSON object
     │   ├── AccessDeniedException     the requester may not do this here (allow-lists, Host check)
+    │   ├── ServiceUnavailable        the agent is shutting down: try again after it restarts
     │   └── (transport-level refusals in agent/transports: RequestTooLargeException, the
     │        SigV4 errors; each carries SageMaker's code and HTTP status)
     ├── JobFailure                    a job ends FAILED; .reason is Neo's FailureReason
@@ -71,6 +72,13 @@ class UnknownOperationException(ApiError):
 
     code = "UnknownOperationException"
     http_status = 400
+
+
+class ServiceUnavailable(ApiError):
+    """AWS's common 503: the agent is shutting down. AWS SDKs retry it with backoff."""
+
+    code = "ServiceUnavailable"
+    http_status = 503
 
 
 class SerializationException(ApiError):

@@ -20,7 +20,7 @@ from agent.api import shapes
 from agent.api.arns import compilation_job_arn
 from agent.api.validation import PATTERN_OVERRIDES, TargetCheck, device_target_check, validate_create
 from agent.config import AgentConfig
-from agent.errors import UnknownOperationException, ValidationException
+from agent.errors import ServiceUnavailable, UnknownOperationException, ValidationException
 from agent.jobs.job import TERMINAL, Job, Status
 from agent.jobs.store import JobStore
 from agent.storage.credentials import role_alias_for
@@ -64,6 +64,7 @@ class CompilationService:
         channel: str = "",
         *,
         target_check: TargetCheck | None = None,
+        accepting: Callable[[], bool] = lambda: True,
     ):
         self.store = store
         self.runner = runner
@@ -71,6 +72,7 @@ class CompilationService:
         self.channel = channel
         self.target_check = target_check or device_target_check(allow_cross=config.cross_compile)
         self.validator = shapes.ShapeValidator(pattern_overrides=PATTERN_OVERRIDES)
+        self.accepting = accepting  # False once the agent is shutting down: no new jobs
 
     def call(self, operation_name: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """Run the operation SageMaker calls `operation_name` (e.g. "CreateCompilationJob")."""
@@ -85,6 +87,9 @@ class CompilationService:
 
     # --- CreateCompilationJob ---------------------------------------------------------
     def create_compilation_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.accepting():
+            raise ServiceUnavailable("The agent is shutting down and takes no new compilation jobs; "
+                                     "send the request again once it has restarted.")
         self.validator.validate("CreateCompilationJob", body)
         request = _drop_nulls(body)
         validate_create(request, self.target_check)

@@ -438,7 +438,7 @@ def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target",
     for gvar, (func, kind) in chosen.items():
         mod[gvar] = func
         report.functions[gvar.name_hint] = kind
-    report.naive = [name for name, func in _prim_funcs_by_name(mod).items() if not _has_fast_loops(func)]
+    report.naive = [name for name, func in prim_funcs_by_name(mod).items() if not has_fast_loops(func)]
     summary = report.to_dict()
     log.info("scheduled %d functions (%s); %d naive, %d schedules failed", summary["functions"],
              ", ".join(f"{k} {n}" for k, n in summary["by_kind"].items() if n), len(summary["naive"]),
@@ -452,7 +452,7 @@ def _prim_funcs(mod: "tvm.IRModule") -> list:
     return [(gvar, func) for gvar, func in mod.functions_items() if isinstance(func, tirx.PrimFunc)]
 
 
-def _prim_funcs_by_name(mod: "tvm.IRModule") -> dict[str, Any]:
+def prim_funcs_by_name(mod: "tvm.IRModule") -> dict[str, Any]:
     return {gvar.name_hint: func for gvar, func in _prim_funcs(mod)}
 
 
@@ -501,7 +501,7 @@ def _last_line(exc: BaseException) -> str:
     return summarize_error(exc, limit=200)
 
 
-def _has_fast_loops(func: Any) -> bool:
+def has_fast_loops(func: Any) -> bool:
     """Whether the function's code has a parallel or a vectorized loop anywhere (one of a
     single iteration does not count: it is a serial loop by another name)."""
     from tvm import tirx

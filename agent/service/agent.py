@@ -29,12 +29,19 @@ class Agent:
         self.events = EventBus()
         self.store = JobStore(config.db_path, self.events, clock=clock)
         self.runner = Runner(self.store, config, clock=clock)
+        self._accepting = True
         self.api = self.api_for("")
         self._started = False
 
     def api_for(self, channel: str) -> CompilationService:
         """The API as a transport sees it: jobs it creates record `channel` as their origin."""
-        return CompilationService(self.store, self.runner, self.config, channel=channel)
+        return CompilationService(self.store, self.runner, self.config, channel=channel,
+                                  accepting=lambda: self._accepting)
+
+    def stop_accepting(self) -> None:
+        """The first step of a shutdown: CreateCompilationJob answers ServiceUnavailable from now
+        on; Describe, List, Stop and Delete still answer."""
+        self._accepting = False
 
     def start(self) -> "Agent":
         self.runner.start()

@@ -6,12 +6,16 @@ Start: the agent first (store, runner, and the recovery of jobs from the last li
 transport, then one `ready:` line that names every endpoint. A transport that cannot start
 (a port in use) stops the daemon before it says ready, with a ConfigError naming the key.
 
-Stop, on SIGTERM or SIGINT, in two stages (rq's request_stop, arq's grace period):
-  1. every transport stops taking requests (the HTTP listener closes) and answers what it has
-     already read, within TRANSPORT_STOP_TIMEOUT_S;
+Stop, on SIGTERM or SIGINT, in stages (rq's request_stop, arq's grace period):
+  1. the agent stops accepting work: CreateCompilationJob answers ServiceUnavailable (AWS's 503,
+     which the SDKs retry) while Describe, List, Stop and Delete still answer;
   2. the runner stops: a running job's compile group gets SIGTERM, then SIGKILL after
      stop_grace_s, and the job ends FAILED with `ServerError: AgentShutdown`; queued jobs stay
-     STARTING on disk and run after the next start.
+     STARTING on disk and run after the next start;
+  3. every transport stops, in reverse order of start, within TRANSPORT_STOP_TIMEOUT_S each:
+     the HTTP listener closes, and the MQTT, IoT Core and Greengrass transports publish what
+     they owe first, so the running job's final status leaves before the process does (what
+     cannot be delivered stays in the outbox for the next start).
 Then one summary line and exit 0. The whole budget is `shutdown_budget_s`: stop_grace_s +
 RUNNER_STOP_MARGIN_S + TRANSPORT_STOP_TIMEOUT_S per transport (20 s with the defaults and the
 HTTP endpoint alone); systemd/neo-agent.service's TimeoutStopSec is sized from it. A second
@@ -216,7 +220,8 @@ class Daemon:
         self.notifier.ready(self.status.take())
 
     def shutdown(self) -> None:
-        """Stage 1: transports stop taking requests. Stage 2: the runner stops. Safe to call twice."""
+        """Stage 1: no new jobs. Stage 2: the runner stops. Stage 3: the transports, after
+        they have published the final statuses. Safe to call twice."""
         if self._shutting_down or self.agent is None:
             return
         self._shutting_down = True
@@ -224,14 +229,15 @@ class Daemon:
         self.status.freeze()
         self.notifier.stopping(f"stopping: {self.status.line()}",
                                extend_timeout_s=shutdown_budget_s(self.config, len(self.transports)))
+        agent = self.agent
+        agent.stop_accepting()
+        running = [job.name for job in agent.store.with_status([Status.INPROGRESS, Status.STOPPING])]
+        agent.runner.shutdown(self.config.stop_grace_s + RUNNER_STOP_MARGIN_S)
         for transport in reversed(self.transports):
             try:
                 transport.stop(TRANSPORT_STOP_TIMEOUT_S)
             except Exception:
                 log.exception("transport %s failed to stop cleanly", transport.name)
-        agent = self.agent
-        running = [job.name for job in agent.store.with_status([Status.INPROGRESS, Status.STOPPING])]
-        agent.runner.shutdown(self.config.stop_grace_s + RUNNER_STOP_MARGIN_S)
         ended = [agent.store.find(name) for name in running]
         failed = sum(1 for job in ended if job is not None and "AgentShutdown" in (job.failure_reason or ""))
         unfinished = sum(1 for job in ended if job is not None and not job.status.terminal)

@@ -65,7 +65,7 @@ def expected(fused, target, inputs):
 
 
 def kernels(mod) -> dict:
-    return dict(schedule._prim_funcs_by_name(mod))
+    return dict(schedule.prim_funcs_by_name(mod))
 
 
 def broken_rule(func, target, lanes):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import botocore.exceptions
 import psutil
 import pytest
 
@@ -81,7 +82,7 @@ def test_sigterm_fails_the_running_job_keeps_the_queued_one_and_restart_runs_it(
         assert again.stop(SHUTDOWN_BUDGET_S) == 0, again.log()
 
 
-def test_shutdown_closes_the_listener_first_and_a_second_signal_forces_exit(tmp_path):
+def test_shutdown_refuses_new_jobs_first_and_a_second_signal_forces_exit(tmp_path):
     state = tmp_path / "state"
     # The job ignores SIGTERM, so stage 2 would wait the whole 30 s grace for it.
     daemon = DaemonProcess(state, scripted=True, args=("--stop-grace-s", "30")).start()
@@ -95,10 +96,13 @@ def test_shutdown_closes_the_listener_first_and_a_second_signal_forces_exit(tmp_
 
         daemon.send(signal.SIGTERM)
         daemon.wait_log("shutting down")
-        deadline = time.monotonic() + 10
-        while port_is_open(daemon.url) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not port_is_open(daemon.url), "stage 1 should close the listener"
+        # Stage 1 refuses new jobs with AWS's 503 (SDKs retry it); the rest of the API still
+        # answers while stage 2 waits for the stubborn job.
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            client.create_compilation_job(**scripted_request("latecomer", "stage=compile"))
+        assert refused.value.response["Error"]["Code"] == "ServiceUnavailable"
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert client.describe_compilation_job(CompilationJobName="stubborn")["CompilationJobStatus"] == "INPROGRESS"
         assert daemon.proc.poll() is None, "stage 2 should still be waiting for the stubborn job"
 
         began = time.monotonic()
@@ -234,7 +238,8 @@ class RecordingTransport:
         self.record.append(f"stop {self.name}")
 
 
-def test_transports_start_after_the_agent_and_stop_before_the_runner(tmp_path, caplog):
+def test_transports_start_after_the_agent_and_stop_after_the_runner(tmp_path, caplog):
+    """Stopping last lets the transports publish the final status of the job the runner ended."""
     record: list[str] = []
 
     def factory(config, agent):
@@ -248,7 +253,7 @@ def test_transports_start_after_the_agent_and_stop_before_the_runner(tmp_path, c
         daemon.shutdown()
         daemon.shutdown()  # safe twice
     # (Agent.shutdown asks the runner once more; the runner's shutdown is safe twice.)
-    assert record[:5] == ["start a", "start b", "stop b", "stop a", "runner shutdown"]
+    assert record[:5] == ["start a", "start b", "runner shutdown", "stop b", "stop a"]
     assert any("ready: a, b;" in message for message in caplog.messages)
 
 
@@ -284,3 +289,30 @@ def test_run_serves_mqtt_when_enabled(tmp_path, mosquitto):
             assert excinfo.value.code == "ResourceNotFound"
     finally:
         daemon.stop()
+
+
+def test_the_final_status_of_a_job_ended_by_shutdown_leaves_before_the_process_does(tmp_path, mosquitto):
+    """SIGTERM with a job running: the runner fails it (AgentShutdown) while the MQTT transport is
+    still up, so its FAILED event reaches the broker before the exit, not after the next start."""
+    from agent.client.remote import RemoteAgent
+    from agent.config import MqttConfig
+    from tests.transports.mqtt_harness import RawClient, body
+
+    env = {"NEO_AGENT_MQTT_ENABLED": "true", "NEO_AGENT_MQTT_HOST": "127.0.0.1",
+           "NEO_AGENT_MQTT_PORT": str(mosquitto.port), "NEO_AGENT_MQTT_THING_NAME": "stopping-thing"}
+    watcher = RawClient(mosquitto)
+    watcher.subscribe("neo/stopping-thing/jobs/+/events")
+    daemon = DaemonProcess(tmp_path / "state", scripted=True, env=env).start()
+    try:
+        daemon.wait_log("mqtt://127.0.0.1")
+        settings = MqttConfig(host="127.0.0.1", port=mosquitto.port, thing_name="workstation")
+        with RemoteAgent(settings, "stopping-thing").connect() as remote:  # events go back where it came from
+            remote.call("CreateCompilationJob", scripted_request("busy", "stage=compile sleep=120"))
+        wait_status(daemon.client(), "busy", {"INPROGRESS"}, timeout=30)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(SHUTDOWN_BUDGET_S) == 0, daemon.log()
+        final = watcher.wait_for(lambda m: body(m).get("status") == "FAILED", timeout=5)
+        assert "AgentShutdown" in body(final)["failureReason"]
+    finally:
+        daemon.kill()
+        watcher.close()

@@ -2,8 +2,8 @@
 
     key = DatabaseKey.for_target(profile, tvm_config)   what the records are valid for
     db = TuningDatabase(state_dir / "tuning", key)      state_dir/tuning/<key.name>/database.json
-    db.load() -> {workload hash: Entry}                 a snapshot, read under a shared lock
-    db.merge(entries)                                   under the exclusive lock; write, then rename
+    db.load() -> Snapshot(entries, stats, models)       read under a shared lock
+    db.merge(Snapshot(...))                             under the exclusive lock; write, then rename
     db.pull(uri) / db.push(uri)                         share through S3 (pushing is opt-in)
 
 Why a key of our own: TVM applies a record to any workload with the same structure and
@@ -24,8 +24,15 @@ whole), holding per workload (TVM's structural hash of the PrimFunc, normalized 
               {"rule", "record", "rule_us", "tuned_us", "winner", "at"}; valid while the
               rule version and the best record are the ones compared
 
+Beside the workloads: "stats", what tuning costs on this kind of machine
+({"seconds_per_trial", "at"}); and "models", per model (the hash of its workloads) the plan
+its last tuning followed ({"budget_s", "trials", "planned": {workload: trials}, "at"}), so a
+recompile with the same budget follows the same plan instead of a new one drawn from a noisy
+profile, and finds it met.
+
 Merging (local updates and pulls alike) unions records by trace, keeps the fastest, takes
-the larger trial count and the newer choice, so merging the same data twice changes nothing.
+the larger trial count and the newer choice, stats and plan, so merging the same data twice
+changes nothing.
 Nothing here imports TVM.
 """
 from __future__ import annotations
@@ -157,50 +164,53 @@ class TuningDatabase:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def load(self) -> dict[str, Entry]:
+    def load(self) -> "Snapshot":
         with self._locked(exclusive=False):
             return self._read(self.path)
 
-    def merge(self, entries: dict[str, Entry]) -> dict[str, Entry]:
-        """Merge `entries` into the file; returns what the file now holds."""
+    def merge(self, update: "Snapshot") -> "Snapshot":
+        """Merge `update` into the file; returns what the file now holds."""
         with self._locked(exclusive=True):
-            merged = merge_entries(self._read(self.path), entries)
+            merged = self._read(self.path).merged(update)
             self._write(merged)
             return merged
 
-    def _read(self, path: Path) -> dict[str, Entry]:
+    def _read(self, path: Path) -> "Snapshot":
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            return {}
+            return Snapshot()
         except (OSError, ValueError) as exc:  # written by rename, so only a damaged disk gets here
             log.warning("ignoring the unreadable tuning database %s: %s", path, exc)
-            return {}
-        return self._entries(data, str(path))
+            return Snapshot()
+        return self._snapshot(data, str(path))
 
-    def _entries(self, data: Any, where: str) -> dict[str, Entry]:
+    def _snapshot(self, data: Any, where: str) -> "Snapshot":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             log.warning("ignoring %s: not a %s file", where, FORMAT)
-            return {}
+            return Snapshot()
         if data.get("key") != self.key.fields:
             log.warning("ignoring %s: its records are for %s, not %s", where, data.get("key"), self.key.fields)
-            return {}
+            return Snapshot()
         try:
-            return {str(h): Entry.from_json(e) for h, e in data.get("workloads", {}).items()}
+            entries = {str(h): Entry.from_json(e) for h, e in data.get("workloads", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring %s: %s", where, exc)
-            return {}
+            return Snapshot()
+        stats, models = data.get("stats"), data.get("models")
+        return Snapshot(entries, stats if isinstance(stats, dict) else {},
+                        models if isinstance(models, dict) else {})
 
-    def _document(self, entries: dict[str, Entry]) -> dict:
-        return {"format": FORMAT, "key": self.key.fields,
-                "workloads": {h: entries[h].to_json() for h in sorted(entries)}}
+    def _document(self, snapshot: "Snapshot") -> dict:
+        return {"format": FORMAT, "key": self.key.fields, "stats": snapshot.stats, "models": snapshot.models,
+                "workloads": {h: snapshot.entries[h].to_json() for h in sorted(snapshot.entries)}}
 
-    def _write(self, entries: dict[str, Entry]) -> None:
+    def _write(self, snapshot: "Snapshot") -> None:
         """Write then rename: a reader, or a crash, sees the old file or the new, never half."""
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{FILE_NAME}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(self._document(entries), out, separators=(",", ":"))
+                json.dump(self._document(snapshot), out, separators=(",", ":"))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -239,8 +249,8 @@ class TuningDatabase:
                 raise
             remote = self._read(fetched.path)
         self.merge(remote)
-        log.info("pulled %d workloads' tuning records from %s", len(remote), uri)
-        return len(remote)
+        log.info("pulled %d workloads' tuning records from %s", len(remote.entries), uri)
+        return len(remote.entries)
 
     def push(self, prefix_uri: str, *, patience=None, client=None) -> int:
         """Pull and merge first (so a device does not overwrite what others pushed since),
@@ -251,17 +261,34 @@ class TuningDatabase:
         self.pull(prefix_uri, patience=patience, client=client)
         uri = self.remote_uri(prefix_uri)
         with self._locked(exclusive=False):
-            entries = self._read(self.path)
+            snapshot = self._read(self.path)
             with tempfile.TemporaryDirectory(dir=self.dir, prefix=".push-") as tmp:
-                snapshot = Path(tmp) / FILE_NAME
-                snapshot.write_text(json.dumps(self._document(entries), separators=(",", ":")))
-                upload(snapshot, uri, patience=patience, client=client)
-        log.info("pushed %d workloads' tuning records to %s", len(entries), uri)
-        return len(entries)
+                copy = Path(tmp) / FILE_NAME
+                copy.write_text(json.dumps(self._document(snapshot), separators=(",", ":")))
+                upload(copy, uri, patience=patience, client=client)
+        log.info("pushed %d workloads' tuning records to %s", len(snapshot.entries), uri)
+        return len(snapshot.entries)
 
 
-def merge_entries(base: dict[str, Entry], new: dict[str, Entry]) -> dict[str, Entry]:
-    merged = dict(base)
-    for workload, entry in new.items():
-        merged[workload] = merged[workload].merged(entry) if workload in merged else entry.merged(entry)
-    return merged
+@dataclasses.dataclass
+class Snapshot:
+    """The database's contents at one moment."""
+
+    entries: dict[str, Entry] = dataclasses.field(default_factory=dict)
+    stats: dict = dataclasses.field(default_factory=dict)
+    models: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def merged(self, other: "Snapshot") -> "Snapshot":
+        entries = dict(self.entries)
+        for workload, entry in other.entries.items():
+            entries[workload] = entries[workload].merged(entry) if workload in entries else entry.merged(entry)
+        models = dict(self.models)
+        for model, plan in other.models.items():
+            models[model] = _newer(models.get(model), plan)
+        return Snapshot(entries, dict(_newer(self.stats, other.stats) or {}), models)
+
+
+def _newer(a: dict | None, b: dict | None) -> dict | None:
+    if not a or not b:
+        return a or b
+    return b if b.get("at", "") > a.get("at", "") else a

@@ -35,7 +35,8 @@ from agent.compile import build, schedule
 from agent.compile.build import Built
 from agent.compile.optimize import DEFAULT_LAYOUT
 from agent.compile.tuning import plan
-from agent.compile.tuning.database import Entry, TuningDatabase, now_iso, record_id
+from agent.compile.tuning.database import Entry, Snapshot, TuningDatabase, now_iso, record_id
+from agent.errors import JobFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -46,12 +47,14 @@ log = logging.getLogger(__name__)
 
 TUNED_RULE = "metaschedule"       # RULE_ATTR of a kernel scheduled from a tuning record
 SECONDS_PER_TRIAL_GUESS = 3.0     # ~2.3 s measured under load, plus per-task start-up
+TASK_START_S = 5.0                # a task's search set-up before its first candidate
 WIN_MARGIN = 0.03                 # a tuned kernel must be 3 % faster than the rule's to be used
 REUSE_FRACTION = 0.75             # records for 75 % of the planned trials: not tuned again
 REBUILD_FACTOR = 1.5              # the final build and export, as a multiple of step 3's build
 COMPARE_S_PER_TASK = 8.0          # step 5, per workload: two builds and 2 x 7 short runs
 SAFETY_S = 10.0
 OUTPUT_RTOL = OUTPUT_ATOL = 1e-3  # the verification stage's default tolerances
+PLAN_SLACK = 1.25                 # a budget up to 25 % larger than the last plan's reuses that plan
 
 
 @dataclasses.dataclass
@@ -68,11 +71,9 @@ def _translated(doing: str) -> Iterator[None]:
     """TVM's failures as the compile stage reports them (agent.compile.build)."""
     try:
         yield
-    except MemoryError:
+    except (MemoryError, JobFailure):
         raise
     except Exception as exc:
-        if isinstance(exc, build.ClientError | build.ServerError):
-            raise
         raise build._translate(exc, doing) from exc
 
 
@@ -81,25 +82,34 @@ def tune_and_build(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Pa
                    database: TuningDatabase | None = None, layout: str = DEFAULT_LAYOUT,
                    linkable: bool = True, cores: int | None = None,
                    min_task_trials: int = plan.MIN_TASK_TRIALS) -> TunedBuild:
-    """See the module docstring. `budget_s`: seconds this call may take in all; `trials`: the
-    most candidates to measure; `cores`: for MetaSchedule (default: the target's num-cores)."""
+    """See the module docstring.
+
+    budget_s   seconds this call may take in all (tuning, builds, export); None: no limit
+    trials     the model's trials in all, those the database holds for its kernels included;
+               None: as many as budget_s buys. Neither given: nothing is tuned.
+    database   where records come from and go to; None: tune without remembering
+    cores      MetaSchedule's worker count (default: the target's num-cores)
+    """
     start = time.time()
     deadline = start + budget_s if budget_s is not None else float("inf")
+    wants_tuning = linkable and (budget_s is not None or trials is not None) and \
+        (budget_s is None or budget_s > 0) and (trials is None or trials > 0)
     job = _Job(target, database, deadline, trials, min_task_trials,
                cores or int(target.attrs.get("num-cores", 1)))
+    job.requested = {"budget_s": budget_s, "trials": trials}
     with _translated("optimizing the model"):
         fused = _fuse(mod, target, layout)
         rule_mod, schedule_report = schedule.schedule_module(fused, target)
+    schedule_report = {"layout": layout, **schedule_report}
     seconds = {"optimize": time.time() - start}
-    wants_tuning = (budget_s is None or budget_s > 0) and (trials is None or trials > 0) and \
-        (budget_s is not None or trials is not None) and linkable
-    if database is None and not wants_tuning:
-        executable = _build(rule_mod, target, seconds)
-        return _finish(executable, out_dir, linkable, seconds, schedule_report, rule_mod, rule_mod,
-                       job.report(start, "off"))
     try:
-        return _tune_and_build(job, fused, rule_mod, schedule_report, out_dir, linkable, wants_tuning,
-                               seconds, start)
+        if database is None and not wants_tuning:  # nothing to apply, nothing to tune
+            executable = _build(rule_mod, target, seconds)
+            return _finish(executable, out_dir, linkable, seconds, schedule_report, rule_mod,
+                           job.report(start, "off"))
+        with _translated("reading the tuning database"):
+            job.load_tasks(fused)
+        return _steps(job, rule_mod, schedule_report, out_dir, linkable, wants_tuning, seconds, start)
     finally:
         job.close()
 
@@ -110,33 +120,28 @@ def _fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str) -> "tvm
     return optimize.fuse(mod, target, layout)
 
 
-def _tune_and_build(job: "_Job", fused, rule_mod, schedule_report, out_dir, linkable, wants_tuning,
-                    seconds, start) -> TunedBuild:
+def _steps(job: "_Job", rule_mod, schedule_report, out_dir, linkable, wants_tuning, seconds, start) -> TunedBuild:
+    """Steps 2-6 of the module docstring."""
     from agent.compile.tuning import profile as profiling
 
-    with _translated("reading the tuning database"):
-        job.load_tasks(fused)
     chosen = job.decided_winners()
     current = job.apply(rule_mod, chosen)
     executable = _build(current, job.target, seconds)
     if not linkable:
-        return _finish(executable, out_dir, linkable, seconds, schedule_report, current, rule_mod,
+        return _finish(executable, out_dir, linkable, seconds, schedule_report, current,
                        job.report(start, "cross-compiled: nothing can be measured here"))
     inputs = profiling.make_inputs(rule_mod)
     with _translated("profiling the model"):
         before = profiling.profile(executable, inputs, set(job.kernel_names))
     job.rank(before)
-    job.latency["start_ms"] = before.latency_s * 1e3
+    job.latency = {"start_ms": before.latency_s * 1e3, "final_ms": before.latency_s * 1e3}
     stopped = "off"
-    if wants_tuning:
-        tune_start = time.time()
-        with _translated("tuning the model"):
+    tune_start = time.time()
+    with _translated("tuning the model"):
+        if wants_tuning:
             stopped = job.tune_tasks(build_s=seconds["build"])
-            job.compare(rule_mod, build_s=seconds["build"])
-        seconds["tune"] = time.time() - tune_start
-    else:
-        with _translated("comparing tuned kernels"):
-            job.compare(rule_mod, build_s=seconds["build"])
+        job.compare(rule_mod, build_s=seconds["build"])
+    seconds["tune"] = time.time() - tune_start
     final_choice = job.decided_winners()
     if set(final_choice) != set(chosen):
         final = job.apply(rule_mod, final_choice)
@@ -150,11 +155,7 @@ def _tune_and_build(job: "_Job", fused, rule_mod, schedule_report, out_dir, link
         else:
             log.warning("the tuned build's outputs differ from the untuned one's (%s); keeping the untuned", mismatch)
             job.reject(set(final_choice) - set(chosen), mismatch)
-            job.latency["final_ms"] = job.latency["start_ms"]
-    else:
-        job.latency["final_ms"] = job.latency["start_ms"]
-    return _finish(executable, out_dir, linkable, seconds, schedule_report, current, rule_mod,
-                   job.report(start, stopped))
+    return _finish(executable, out_dir, linkable, seconds, schedule_report, current, job.report(start, stopped))
 
 
 def _build(mod: "tvm.IRModule", target: "tvm.target.Target", seconds: dict[str, float]) -> Any:
@@ -164,14 +165,16 @@ def _build(mod: "tvm.IRModule", target: "tvm.target.Target", seconds: dict[str, 
     return executable
 
 
-def _finish(executable, out_dir, linkable, seconds, schedule_report, final_mod, rule_mod, tuning) -> TunedBuild:
+def _finish(executable, out_dir, linkable, seconds, schedule_report, final_mod, tuning) -> TunedBuild:
+    """Export, and the reports as they describe the exported code."""
     started = time.time()
     path = build.export(executable, out_dir, linkable=linkable)
     seconds["export"] = time.time() - started
-    tuned = sorted(name for name, func in schedule.prim_funcs_by_name(final_mod).items()
+    funcs = schedule.prim_funcs_by_name(final_mod)
+    tuned = sorted(name for name, func in funcs.items()
                    if func.attrs is not None and str(func.attrs.get(schedule.RULE_ATTR, "")) == TUNED_RULE)
-    report = dict(schedule_report, tuned=tuned, naive=sorted(
-        name for name, func in schedule.prim_funcs_by_name(final_mod).items() if not schedule.has_fast_loops(func)))
+    report = dict(schedule_report, tuned=tuned,
+                  naive=sorted(name for name, func in funcs.items() if not schedule.has_fast_loops(func)))
     tuning["tuned_kernels"] = tuned
     return TunedBuild(path, seconds, report, tuning)
 
@@ -199,6 +202,8 @@ class _Job:
         self.shares: dict[str, float] = {}
         self.rows: dict[str, dict[str, Any]] = {}   # workload -> its line in the report
         self.latency: dict[str, float] = {}
+        self.requested: dict[str, Any] = {}
+        self.model_plan: dict | None = None
         self.trials_measured, self.tuning_s = 0, 0.0
         self.seconds_per_trial = SECONDS_PER_TRIAL_GUESS
         self._searcher: "Searcher | None" = None
@@ -215,7 +220,10 @@ class _Job:
             else:
                 self.tasks[workload] = Task(workload, wmod, mod_json, [name])
             self.kernel_names.append(name)
-        self.entries = self.database.load() if self.database else {}
+        snapshot = self.database.load() if self.database else Snapshot()
+        self.entries, self.model_plan = snapshot.entries, snapshot.models.get(self.model_id())
+        if snapshot.stats.get("seconds_per_trial"):
+            self.seconds_per_trial = float(snapshot.stats["seconds_per_trial"])
         for workload, task in self.tasks.items():
             entry = self.entries.get(workload)
             self.rows[workload] = {"kernels": task.kernels, "workload": workload, "share": None,
@@ -269,40 +277,71 @@ class _Job:
     def _reserve_s(self, build_s: float, workloads_to_compare: int) -> float:
         return REBUILD_FACTOR * build_s + COMPARE_S_PER_TASK * workloads_to_compare + SAFETY_S
 
-    def _total_trials(self, tune_until: float) -> int:
-        by_time = (tune_until - time.time()) / self.seconds_per_trial
-        total = by_time if self.trials_left is None else min(by_time, self.trials_left)
-        return int(max(0, min(total, 10**7)))
+    def _model_trials(self, tune_until: float) -> int:
+        """The trials the budget buys this model: the trial limit, or the time until
+        `tune_until` at this machine's cost per trial, whichever is less."""
+        by_time = (tune_until - time.time()) / self.seconds_per_trial if tune_until < float("inf") else None
+        limits = [x for x in (by_time, self.trials_left) if x is not None]
+        return int(max(0, min(limits))) if limits else 0
+
+    def model_id(self) -> str:
+        """The model as the database knows it: its workloads and how many kernels share each."""
+        import hashlib
+
+        text = ",".join(f"{w}x{len(t.kernels)}" for w, t in sorted(self.tasks.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _plan(self, tune_until: float) -> dict[str, int]:
+        """This budget's plan: the last one made for this model if its budget was as large
+        (a profile is noisy; a new plan would shift trials between similar kernels), else
+        a new one, recorded."""
+        window_s = tune_until - time.time()
+        old = self.model_plan
+        if old and _within(self.requested.get("trials"), old.get("trials")) and \
+                _within(window_s if window_s < float("inf") else None, old.get("budget_s")):
+            return {w: int(n) for w, n in old.get("planned", {}).items() if w in self.tasks}
+        planned = plan.allocate(self.shares, self._model_trials(tune_until), self.min_task_trials)
+        self.model_plan = {"budget_s": round(window_s, 1) if window_s < float("inf") else None,
+                           "trials": self.requested.get("trials"), "planned": planned, "at": now_iso()}
+        self._save({}, models={self.model_id(): self.model_plan})
+        return planned
 
     def tune_tasks(self, build_s: float) -> str:
-        """Step 4; returns why it stopped: "planned trials done", "budget" or "trials"."""
-        pending = dict(self.shares)
-        tuned = 0
-        while pending:
-            tune_until = self.deadline - self._reserve_s(build_s, tuned + 1 + self._undecided())
-            # plan the trials left among what is left, counting the records already held
-            held = {w: self.entries[w].trials if w in self.entries else 0 for w in pending}
-            total = self._total_trials(tune_until) + sum(held.values())
-            planned = plan.allocate(pending, total, self.min_task_trials)
-            if not planned:
-                return "budget" if self.trials_left is None or self.trials_left > 0 else "trials"
-            workload = next(iter(planned))
-            del pending[workload]
-            row = self.rows[workload]
-            row["trials_planned"] = planned[workload]
-            need = planned[workload] - held[workload]
-            if held[workload] >= REUSE_FRACTION * planned[workload]:
-                row["reused"] = True
-                continue
-            affordable = self._total_trials(tune_until)
-            trials = min(need, affordable)
-            if trials < min(self.min_task_trials, need) // 2 or trials < 1:
-                return "budget" if affordable < need else "trials"
+        """Step 4; returns why it stopped: "planned trials done" or "budget".
+
+        The plan is the model's: trials the whole budget buys, shared by latency, with the
+        trials the database already holds for a workload counted as spent. So a recompile
+        with the same budget finds its plan met and measures nothing, and a job cut short
+        is continued by the next one."""
+        rough = plan.allocate(self.shares, self._model_trials(self.deadline), self.min_task_trials)
+        tune_until = self.deadline - self._reserve_s(build_s, len(rough) + self._undecided())
+        planned = self._plan(tune_until)
+        for workload, want in planned.items():
+            self.rows[workload]["trials_planned"] = want
+        todo = {w: n - self._held(w) for w, n in planned.items() if self._held(w) < REUSE_FRACTION * n}
+        for workload in set(planned) - set(todo):
+            self.rows[workload]["reused"] = True
+        if todo:
+            self._searcher_()  # its start-up (seconds to a minute) comes out of the budget first
+        for workload, need in todo.items():
+            trials = min(need, self._affordable(tune_until))
+            if trials < max(1, min(self.min_task_trials, need) // 2):
+                return "budget"
+            entry = self.entries.get(workload)
             result = self._searcher_().tune(self.tasks[workload], trials=trials, deadline=tune_until,
-                                           seed_records=self.entries[workload].records if workload in self.entries else [])
+                                           seed_records=entry.records if entry else [])
             self._record(workload, result)
-            tuned += 1
         return "planned trials done"
+
+    def _held(self, workload: str) -> int:
+        entry = self.entries.get(workload)
+        return entry.trials if entry else 0
+
+    def _affordable(self, tune_until: float) -> int:
+        """Trials that fit before `tune_until`, after a task's start-up, within the trial limit."""
+        by_time = (tune_until - time.time() - TASK_START_S) / self.seconds_per_trial \
+            if tune_until < float("inf") else 10**7
+        return int(max(0, min(by_time, self.trials_left if self.trials_left is not None else 10**7)))
 
     def _undecided(self) -> int:
         return sum(1 for w in self.tasks if w in self.entries and self.entries[w].records
@@ -321,13 +360,14 @@ class _Job:
         self.tuning_s += result.seconds
         if self.trials_left is not None:
             self.trials_left -= result.trials
-        if result.trials:
+        stats = None
+        if self.trials_measured:
             self.seconds_per_trial = self.tuning_s / self.trials_measured
+            stats = {"seconds_per_trial": round(self.seconds_per_trial, 3), "at": now_iso()}
         held = self.entries.get(workload)
         entry = Entry(task.kernels[0], task.mod_json, (held.trials if held else 0) + result.trials,
                       result.records, held.choice if held else None)
-        merged = self.database.merge({workload: entry}) if self.database else {workload: entry.merged(entry)}
-        self.entries[workload] = merged[workload] if not held or not self.database else merged[workload]
+        self._save({workload: entry}, stats=stats)
         row.update(trials_new=row["trials_new"] + result.trials, trials_total=self.entries[workload].trials,
                    seconds=round(result.seconds, 1), stopped_by_deadline=result.stopped_by_deadline)
         if result.error:
@@ -372,18 +412,21 @@ class _Job:
             self.rows[workload]["used"] = "rule"
         self._save(rejected)
 
-    def _save(self, entries: dict[str, Entry]) -> None:
+    def _save(self, entries: dict[str, Entry], *, stats: dict | None = None, models: dict | None = None) -> None:
+        """Into the database at once (a job killed later keeps what it paid for), and into
+        this job's snapshot."""
         if self.database:
-            merged = self.database.merge(entries)
-            self.entries.update({w: merged[w] for w in entries})
+            merged = self.database.merge(Snapshot(entries, stats or {}, models or {})).entries
         else:
-            self.entries.update(entries)
+            merged = {w: e.merged(e) for w, e in entries.items()}
+        self.entries.update({w: merged[w] for w in entries})
 
     # --- the report --------------------------------------------------------------------------
     def report(self, start: float, stopped: str) -> dict[str, Any]:
         ranked = sorted(self.rows.values(), key=lambda r: -(r["share"] or 0))
         shown = [r for r in ranked if (r["share"] or 0) >= plan.MIN_SHARE or r["trials_total"] or r["used"] == "tuned"]
         return {
+            **self.requested,
             "stopped": stopped,
             "seconds": round(time.time() - start, 1),
             "tuning_seconds": round(self.tuning_s, 1),
@@ -401,6 +444,13 @@ class _Job:
     def close(self) -> None:
         if self._searcher is not None:
             self._searcher.close()
+
+
+def _within(new: float | None, old: float | None) -> bool:
+    """Whether a budget `new` is no larger than `old` was, give or take PLAN_SLACK (None: unlimited)."""
+    if old is None:
+        return True
+    return new is not None and new <= old * PLAN_SLACK
 
 
 def _us(seconds: float) -> float | None:

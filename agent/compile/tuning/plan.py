@@ -30,7 +30,7 @@ def allocate(shares: dict[str, float], total_trials: int, min_trials: int = MIN_
     for share, workload in chosen:  # the largest first: when it is capped, the rest get more
         fair = round(left * share / left_share) if left_share > 0 else left
         trials = min(max(fair, min_trials), max_trials, left)
-        if trials <= 0:
+        if trials < min_trials:  # what is left is too little to pay off on any kernel
             break
         plan[workload] = trials
         left -= trials

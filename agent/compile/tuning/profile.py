@@ -45,7 +45,7 @@ def input_specs(mod: "tvm.IRModule") -> list[dict[str, Any]]:
     specs = []
     for param in mod["main"].params:
         ty = param.ty
-        specs.append({"name": param.name_hint, "shape": [int(d) for d in ty.shape.values],
+        specs.append({"name": param.name, "shape": [int(d) for d in ty.shape.values],
                       "dtype": str(ty.dtype)})
     return specs
 

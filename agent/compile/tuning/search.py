@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import tempfile
@@ -104,6 +105,20 @@ def workload_of(func: Any) -> tuple["tvm.IRModule", str, str]:
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True)})
     shash, mod_json = ms.database.MemoryDatabase().commit_workload(mod).as_json()
     return mod, str(shash), str(mod_json)
+
+
+def apply_record(wmod: "tvm.IRModule", record: list) -> Any:
+    """The PrimFunc a tuning record's trace makes of its workload, marked scheduled (so no
+    later pass schedules it again) and without the workload's "main" symbol."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    if "Tensorize" in json.dumps(record[0]):  # its intrinsics must be registered to replay it
+        import_intrinsics()
+    trace = ms.database.TuningRecord.from_json(record, ms.database.Workload(wmod)).trace
+    sch = s_tir.Schedule(wmod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
 
 
 def _build(mod: Any, target: Any, _params: Any) -> Any:
