@@ -154,8 +154,12 @@ def pack(members: dict[str, Path], out: Path) -> Path:
 
 def digest(path: Path) -> str:
     """BLAKE2b (64-byte) hex digest of a file, read in chunks."""
-    h = hashlib.blake2b()
+    return hash_file(path, hashlib.blake2b()).hexdigest()
+
+
+def hash_file(path: Path, hasher):
+    """Feed the file to `hasher` (a hashlib object) in chunks; returns the hasher."""
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            hasher.update(chunk)
+    return hasher

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from agent.errors import ClientError, JobFailure, ServerError
+from agent.storage.archive import hash_file
 from agent.storage.integrity import Sink, b64, composite_sha256, same_checksum
 from agent.storage.retry import Patience
 from agent.storage.uri import Location
@@ -215,11 +216,7 @@ def _multipart(client, path: Path, size: int, loc: Location, sse: dict, patience
 
 
 def file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as src:
-        for chunk in iter(lambda: src.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.digest()
+    return hash_file(path, hashlib.sha256()).digest()
 
 
 def _abort(client, loc: Location, upload_id: str) -> None:
