@@ -386,8 +386,21 @@ def _metadata(job: Job, imported: Any, target_desc: dict, library: str) -> dict:
         "versions": metrics_contract.versions(),
         "created_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "job": {"name": job.name, "arn": job.arn},
-        "request": job.request,
+        "request": _shareable_request(job.request),
     }
+
+
+def _shareable_request(request: dict) -> dict:
+    """The request as the artifact carries it, which goes wherever the artifact goes: without a
+    presigned URL's query string, whose signature (and session token) would fetch the model
+    for anyone until the URL expires."""
+    shared = json.loads(json.dumps(request))
+    for member, key in (("InputConfig", "S3Uri"), ("OutputConfig", "S3OutputLocation")):
+        config = shared.get(member)
+        uri = config.get(key) if isinstance(config, dict) else None
+        if isinstance(uri, str) and uri.lower().startswith(("https://", "http://")) and "?" in uri:
+            config[key] = uri.split("?", 1)[0]
+    return shared
 
 
 def _ordered(metrics: dict) -> dict:

@@ -10,6 +10,11 @@ rule, then raises one ValidationException worded as AWS words it:
 
 Paths lower-case each member's first letter and join with dots; list items read
 `tags.1.member.key` (1-based), as AWS's are.
+
+A message stays small whatever the body: it counts every broken rule but lists the first
+MAX_LISTED_ERRORS, and shows a value to MAX_SHOWN_DEPTH levels and MAX_SHOWN_CHARS characters.
+Without that, 1 MiB of unknown members came back as an 18 MB message, and a value nested a few
+hundred levels deep overflowed the stack while being shown.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from agent.errors import ValidationException
 
 # The model's `integer` and `long` are Java's; a wider number would not deserialize at AWS.
 INTEGER_BOUNDS = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+MAX_LISTED_ERRORS = 10
+MAX_SHOWN_DEPTH = 8
+MAX_SHOWN_CHARS = 1024
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,23 +53,43 @@ def member_path(parent: str, member: str) -> str:
 
 
 def java_str(value: Any) -> str:
-    """A value as Java's toString would show it in AWS's messages: 'text', '5', null."""
-    return "null" if value is None else f"'{_java(value)}'"
+    """A value as Java's toString would show it in AWS's messages: 'text', '5', null.
+
+    Cut at MAX_SHOWN_CHARS characters and MAX_SHOWN_DEPTH levels of nesting ("..." marks a cut).
+    """
+    if value is None:
+        return "null"
+    text = _java(value, MAX_SHOWN_DEPTH)
+    return f"'{text[:MAX_SHOWN_CHARS]}...'" if len(text) > MAX_SHOWN_CHARS else f"'{text}'"
 
 
-def _java(value: Any) -> str:
+def _java(value: Any, depth: int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_java(v) for v in value) + "]"
+        if depth <= 0:
+            return "[...]"
+        return "[" + ", ".join(_java(v, depth - 1) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_java(v)}" for k, v in value.items()) + "}"
+        if depth <= 0:
+            return "{...}"
+        return "{" + ", ".join(f"{k}={_java(v, depth - 1)}" for k, v in value.items()) + "}"
     return str(value)
 
 
-def format_errors(errors: list[str]) -> str:
-    count = len(errors)
-    return f"{count} validation error{'' if count == 1 else 's'} detected: " + "; ".join(errors)
+def format_errors(errors: list[str], unlisted: int = 0) -> str:
+    """AWS's sentence: the count of every broken rule, then the rules listed (the first few)."""
+    count = len(errors) + unlisted
+    more = f"; and {unlisted} more" if unlisted else ""
+    return f"{count} validation error{'' if count == 1 else 's'} detected: " + "; ".join(errors) + more
+
+
+class _Listed(list):
+    """The errors `validate` collects: the first MAX_LISTED_ERRORS sentences; the rest counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlisted = 0
 
 
 def parse_timestamp(value: Any) -> float:
@@ -119,9 +147,10 @@ class ShapeValidator:
         shape = self.model.operation_model(operation_name).input_shape
         if not isinstance(body, dict):
             raise ValidationException(f"The request body must be a JSON object, not {_type_word(body)}.")
-        errors = self.errors(shape, body)
-        if errors:
-            raise ValidationException(format_errors(errors))
+        errors = _Listed()
+        self._check(shape, body, "", errors)
+        if errors or errors.unlisted:
+            raise ValidationException(format_errors(errors, errors.unlisted))
 
     def errors(self, shape: Shape, value: Any, path: str = "") -> list[str]:
         """Every rule of `shape` that `value` breaks, as AWS's sentences."""
@@ -137,6 +166,9 @@ class ShapeValidator:
         check(shape, value, path, out)
 
     def _fail(self, out: list[str], value: Any, path: str, constraint: str) -> None:
+        if isinstance(out, _Listed) and len(out) >= MAX_LISTED_ERRORS:
+            out.unlisted += 1
+            return
         out.append(f"Value {java_str(value)} at '{path}' failed to satisfy constraint: {constraint}")
 
     def _check_structure(self, shape: Shape, value: Any, path: str, out: list[str]) -> None:

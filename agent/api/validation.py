@@ -16,6 +16,7 @@ import json
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from agent.compile.datainput import oversized  # pure Python: the input size bounds
 from agent.errors import ValidationException
 from agent.jobs.job import MAX_RUNTIME_LIMIT
 
@@ -118,7 +119,7 @@ def parse_data_input_config(text: str, framework: str) -> dict[str, list[int]] |
     field = "InputConfig.DataInputConfig"
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply (16384 characters allow it)
         example = '{"input0": [1, 3, 224, 224]}'
         raise ValidationException(f"{field} must be JSON, e.g. {example}; got {text!r}.") from None
     if isinstance(value, list) and framework in LIST_SHAPE_FRAMEWORKS:
@@ -144,6 +145,9 @@ def parse_data_input_config(text: str, framework: str) -> dict[str, list[int]] |
                 f"{field}: the shape of input {name!r} must be a list of positive integers; "
                 f"got {json.dumps(shape)}."
             )
+    too_large = oversized(dict(shapes))  # terabytes of input are refused here, not in the job
+    if too_large:
+        raise ValidationException(f"{field}: {too_large}.")
     return value
 
 

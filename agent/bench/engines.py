@@ -85,10 +85,19 @@ def run_engine(engine: str, model_path: Path, inputs_npz: Path, *, threads: int,
         return json.loads(result_path.read_text())
 
 
+# Variables that carry credentials or name them: AWS keys and tokens, Greengrass's token
+# exchange and IPC token (SVCUID), the agent's own settings (NEO_AGENT_HTTP_CREDENTIALS,
+# NEO_AGENT_MQTT_PASSWORD, ... when set in its environment). A worker runs the compiled model
+# and onnxruntime on the user's model, and needs none of them.
+CREDENTIAL_PREFIXES = ("AWS_", "NEO_AGENT_")
+CREDENTIAL_NAMES = frozenset({"SVCUID"})
+
+
 def _child_env(threads: int) -> dict[str, str]:
-    """The worker's environment: thread counts set before anything is imported, and the
-    agent importable from wherever the parent found it."""
-    env = dict(os.environ)
+    """The worker's environment: thread counts set before anything is imported, the agent
+    importable from wherever the parent found it, and no credentials."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(CREDENTIAL_PREFIXES) and name not in CREDENTIAL_NAMES}
     env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     root = str(Path(agent.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

@@ -22,9 +22,13 @@ from typing import Any, Sequence
 
 from agent.errors import ClientError
 
-# An input bigger than this is a typo, not a model (2**31 elements is 8 GiB of float32),
-# and it would only fail later with a far less helpful memory error.
-MAX_ELEMENTS_PER_INPUT = 2**31
+# A tensor bigger than this is a typo or an attack, not a model (2**31 elements is 8 GiB of
+# float32), and it would only fail later with a far less helpful memory error. The bound holds
+# for each input, for all inputs together, and (agent.compile.onnx_frontend) for every tensor
+# the model declares or its shapes imply.
+MAX_ELEMENTS_PER_TENSOR = 2**31
+MAX_ELEMENTS_PER_INPUT = MAX_ELEMENTS_PER_TENSOR
+MAX_ELEMENTS_ALL_INPUTS = 2**31
 KEYWORD = "InputConfiguration"
 
 
@@ -69,7 +73,7 @@ def parse(text: str, inputs: Sequence[TensorSpec]) -> dict[str, list[int]]:
     """
     try:
         raw = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _fail(f"DataInputConfig is not valid JSON ({exc}); expected e.g. "
                     f'{{"{inputs[0].name if inputs else "input"}": [1, 3, 224, 224]}}') from None
     given = _as_mapping(raw, inputs)
@@ -84,6 +88,30 @@ def parse(text: str, inputs: Sequence[TensorSpec]) -> dict[str, list[int]]:
             shapes[spec.name] = check_shape(spec, given[spec.name])
         else:
             shapes[spec.name] = derive_one(spec, missing=True)
+    return check_total(shapes)
+
+
+def oversized(shapes: dict[Any, list[int]]) -> str | None:
+    """Why these input shapes are too large to compile, or None. Pure arithmetic on the dims,
+    so the API can refuse a DataInputConfig asking for terabytes before a job exists."""
+    total = 0
+    for name, shape in shapes.items():
+        elements = math.prod(shape)
+        if elements > MAX_ELEMENTS_PER_INPUT:
+            return (f"input {name!r} shape {shape} has {elements} elements, more than the "
+                    f"{MAX_ELEMENTS_PER_INPUT} allowed per input")
+        total += elements
+    if total > MAX_ELEMENTS_ALL_INPUTS:
+        return (f"the inputs have {total} elements together, more than the {MAX_ELEMENTS_ALL_INPUTS} "
+                f"allowed for all inputs of a model")
+    return None
+
+
+def check_total(shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`shapes`, or a ClientError when they are too large together (see `oversized`)."""
+    problem = oversized(shapes)
+    if problem:
+        raise _fail(problem)
     return shapes
 
 
@@ -125,16 +153,15 @@ def check_shape(spec: TensorSpec, shape: Any) -> list[int]:
         if isinstance(have, int) and want != have:
             raise _fail(f"input {spec.name!r} axis {axis}: the model fixes this dim to {have} "
                         f"{list(spec.shape)}, but DataInputConfig gives {want} {shape}")
-    elements = math.prod(shape)
-    if elements > MAX_ELEMENTS_PER_INPUT:
-        raise _fail(f"input {spec.name!r} shape {shape} has {elements} elements, more than the "
-                    f"{MAX_ELEMENTS_PER_INPUT} allowed per input")
+    problem = oversized({spec.name: shape})
+    if problem:
+        raise _fail(problem)
     return list(shape)
 
 
 def derive(inputs: Sequence[TensorSpec]) -> dict[str, list[int]]:
     """Shapes for a request without DataInputConfig (see the module docstring)."""
-    return {spec.name: derive_one(spec) for spec in inputs}
+    return check_total({spec.name: derive_one(spec) for spec in inputs})
 
 
 def derive_one(spec: TensorSpec, *, missing: bool = False) -> list[int]:

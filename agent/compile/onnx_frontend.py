@@ -12,9 +12,15 @@ computed at run time from Shape/Gather/Concat (PP-OCR, YOLOv8 exports), and Meta
 needs static shapes anyway. Freezing the input dims and letting onnxslim fold the shape
 arithmetic into constants turns those graphs into ones the frontend accepts.
 
+A model comes from a user, so before anything is allocated for it: external data must stay in
+the model's folder (and within its files), the graph must be acyclic and wired, and no tensor it
+declares (initializers, constants) or that its shapes imply for the requested inputs may pass
+datainput.MAX_ELEMENTS_PER_TENSOR elements.
+
 This module owns the onnx, onnxslim and TVM-frontend errors; everything leaves as a
 ClientError with Neo's keywords:
     corrupt or unreadable file            InputConfiguration: Incompatible ONNX model: ...
+    a cycle, an oversized tensor          InputConfiguration: Incompatible ONNX model: ... (names it)
     bad shapes, failed shape folding      InputConfiguration: ...
     operator TVM lacks                    OperatorNotImplemented: X, Y are not supported ...
     attribute TVM lacks / needs / rejects OperatorAttributeNotImplemented / ...Required / ...ValueNotValid
@@ -28,6 +34,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import time
@@ -75,10 +82,14 @@ def load_model(path: Path) -> "onnx.ModelProto":
         raise ClientError(KEYWORD, f"Incompatible ONNX model: cannot parse {path.name}: {summarize_error(exc)}") from exc
     if not model.HasField("graph") or not model.graph.node:
         raise ClientError(KEYWORD, f"Incompatible ONNX model: {path.name} holds no graph")
+    check_declared_sizes(model.graph)
+    check_references(model.graph)
+    check_acyclic(model.graph)
     base = path.parent.resolve()
     external = [t for t in _all_tensors(model.graph) if external_data_helper.uses_external_data(t)]
     for tensor in external:
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
         target = (base / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise ClientError(KEYWORD, f"Incompatible ONNX model: tensor {tensor.name!r} keeps its data in "
@@ -86,12 +97,26 @@ def load_model(path: Path) -> "onnx.ModelProto":
         if not target.is_file():
             raise ClientError(KEYWORD, f"Incompatible ONNX model: tensor {tensor.name!r} keeps its data in "
                                        f"{location!r}, which the archive does not contain")
+        _check_external_range(tensor.name, location, entries, target.stat().st_size)
     if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(base))
         except Exception as exc:
             raise ClientError(KEYWORD, f"Incompatible ONNX model: cannot read external data: {summarize_error(exc)}") from exc
     return model
+
+
+def _check_external_range(name: str, location: str, entries: dict[str, str], file_size: int) -> None:
+    """The bytes a tensor names must lie in its file: onnx would otherwise allocate whatever
+    `length` says before finding the file shorter."""
+    try:
+        offset, length = int(entries.get("offset") or 0), int(entries.get("length") or 0)
+    except ValueError:
+        raise ClientError(KEYWORD, f"Incompatible ONNX model: tensor {name!r} has an external data offset or "
+                                   f"length that is not a number") from None
+    if offset < 0 or length < 0 or offset + length > file_size:
+        raise ClientError(KEYWORD, f"Incompatible ONNX model: tensor {name!r} keeps its data at bytes "
+                                   f"{offset}..{offset + length} of {location!r}, which has {file_size}")
 
 
 def _all_tensors(graph: Any) -> Iterator[Any]:
@@ -106,6 +131,84 @@ def _all_tensors(graph: Any) -> Iterator[Any]:
                 yield from _all_tensors(attr.g)
             for sub in attr.graphs:
                 yield from _all_tensors(sub)
+
+
+def _too_many(what: str, dims: list[int]) -> ClientError | None:
+    elements = math.prod(dims)
+    if elements <= datainput.MAX_ELEMENTS_PER_TENSOR:
+        return None
+    return ClientError(KEYWORD, f"Incompatible ONNX model: {what} has shape {dims}, {elements} elements, more than "
+                                f"the {datainput.MAX_ELEMENTS_PER_TENSOR} allowed per tensor")
+
+
+def check_declared_sizes(graph: Any) -> None:
+    """Every initializer and constant by its dims alone, before its data is read or allocated."""
+    for tensor in _all_tensors(graph):
+        dims = [int(d) for d in tensor.dims]
+        what = f"tensor {tensor.name!r}" if tensor.name else "a constant tensor"
+        if any(d < 0 for d in dims):
+            raise ClientError(KEYWORD, f"Incompatible ONNX model: {what} has a negative dim in {dims}")
+        failure = _too_many(what, dims)
+        if failure:
+            raise failure
+
+
+def check_inferred_sizes(model: "onnx.ModelProto") -> None:
+    """Every tensor whose shape inference worked out in full, for the requested input shapes."""
+    for value in [*model.graph.value_info, *model.graph.output]:
+        if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            failure = _too_many(f"tensor {value.name!r} (for these input shapes)", [int(d.dim_value) for d in dims])
+            if failure:
+                raise failure
+
+
+def check_references(graph: Any) -> None:
+    """Every tensor a top-level node reads is made by something: an input, an initializer or a
+    node (onnx.checker's rule; TVM would fail on it with only the tensor's name)."""
+    known = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.values.name for t in graph.sparse_initializer}
+    known |= {name for node in graph.node for name in node.output}
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in known:
+                label = node.name or (node.output[0] if node.output else "")
+                raise ClientError(KEYWORD, f"Incompatible ONNX model: node {node.op_type} {label!r} reads tensor "
+                                           f"{name!r}, which no input, initializer or node makes")
+
+
+def check_acyclic(graph: Any) -> None:
+    """An ONNX graph is acyclic; a cycle would otherwise end in a RecursionError deep in shape
+    inference, naming nothing. Kahn's algorithm over the top-level nodes; the error names a cycle."""
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    waiting = [{producer[name] for name in node.input if name in producer} for node in nodes]
+    users: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting):
+        for need in needs:
+            users.setdefault(need, []).append(index)
+    ready = [index for index, needs in enumerate(waiting) if not needs]
+    done = 0
+    while ready:
+        finished = ready.pop()
+        done += 1
+        for user in users.get(finished, ()):
+            waiting[user].discard(finished)
+            if not waiting[user]:
+                ready.append(user)
+    if done == len(nodes):
+        return
+    # Every node still waiting waits on another such node: walking those edges must come round.
+    index = next(i for i, needs in enumerate(waiting) if needs)
+    path: dict[int, int] = {}  # node -> its place on the walk
+    while index not in path:
+        path[index] = len(path)
+        index = min(waiting[index])
+    cycle = list(path)[path[index]:] + [index]
+    names = " -> ".join(f"{nodes[i].op_type} {nodes[i].name or nodes[i].output[0]!r}" for i in reversed(cycle))
+    raise ClientError(KEYWORD, f"Incompatible ONNX model: the graph has a cycle: {names}")
 
 
 def opset_version(model: "onnx.ModelProto") -> int:
@@ -171,12 +274,14 @@ def prepare_graph(model: "onnx.ModelProto", shapes: dict[str, list[int]]) -> "on
         log.warning("onnx shape inference failed, continuing: %s", summarize_error(exc))
     spec = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items()]
     try:
-        return onnxslim.slim(model, input_shapes=spec)
+        prepared = onnxslim.slim(model, input_shapes=spec)
     except MemoryError:
         raise
     except Exception as exc:
         raise ClientError(KEYWORD, f"the model's shapes could not be worked out for the input shapes "
                                    f"{datainput.to_json(shapes)}: {summarize_error(exc)}") from exc
+    check_inferred_sizes(prepared)
+    return prepared
 
 
 def import_relax(model: "onnx.ModelProto", shapes: dict[str, list[int]],

@@ -205,6 +205,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SerializationException(f"The request body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses per level: '[' * 100000 fits in 1 MiB
+        raise SerializationException("The request body is not valid JSON: it nests too deeply.") from None
     if not isinstance(value, dict):
         raise SerializationException("The request body must be a JSON object.")
     return value

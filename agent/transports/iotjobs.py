@@ -88,7 +88,7 @@ def request_from_document(document: Any, name: str) -> dict[str, Any]:
     if isinstance(document, str):
         try:
             document = json.loads(document)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise ValidationException("The job document is not JSON.") from None
     if not isinstance(document, dict):
         raise ValidationException('The job document must be a JSON object: {"operation": '
@@ -532,7 +532,7 @@ def _number(value: Any) -> str | None:
 def _json(message: Incoming) -> dict:
     try:
         body = json.loads(message.payload or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         log.warning("IoT Jobs: %s carried no JSON", message.topic)
         return {}
     return body if isinstance(body, dict) else {}

@@ -154,6 +154,8 @@ def parse_request(payload: bytes, max_bytes: int) -> tuple[dict[str, Any], str |
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SerializationException(f"Request payload is not valid JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses per level of nesting
+        raise SerializationException("Request payload is not valid JSON: it nests too deeply.") from None
     if not isinstance(body, dict):
         raise SerializationException(f"Request payload must be a JSON object, not {type(body).__name__}.")
     token = body.pop(CLIENT_TOKEN, None)
