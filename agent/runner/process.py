@@ -38,6 +38,17 @@ class Outcome:
     peak_rss_mb: float = 0.0
 
 
+# What the compile child must not inherit: the agent's own secrets for the endpoints it serves
+# (the child serves nothing) and Greengrass's IPC token (the child never talks to the nucleus).
+# AWS_* stays: boto3's chain and Greengrass TES reach S3 through them. The S3 secrets of the
+# agent's configuration are handed over explicitly (AgentConfig.child_environment).
+WITHHELD_FROM_CHILD = ("NEO_AGENT_HTTP_CREDENTIALS", "NEO_AGENT_MQTT_PASSWORD", "SVCUID")
+
+
+def child_base_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name not in WITHHELD_FROM_CHILD}
+
+
 class ChildProcess:
     def __init__(
         self,
@@ -77,7 +88,7 @@ class ChildProcess:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,  # its own session and process group
-                env={**os.environ, **self.env} if self.env else None,
+                env={**child_base_environment(), **(self.env or {})},
             )
         os.close(write_fd)
         self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True, name=f"child-{self.pid}")

@@ -191,7 +191,8 @@ class Runner:
         job = self.store.transition(name, Status.INPROGRESS, start_time=start, stage="fetch", percent=0.0)
         deadline = start + job.max_runtime
         job_dir = self.config.job_dir(name)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        job_dir.chmod(0o700)  # the job's log and files are the agent's alone, whatever the umask
         spec_path = job_dir / "spec.json"
         spec_path.write_text(
             json.dumps(
