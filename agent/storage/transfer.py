@@ -35,7 +35,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
 
 from agent.errors import ClientError, ServerError
 from agent.storage import s3
@@ -74,7 +74,7 @@ def download(uri: str, dest: Path, *, max_bytes: int, patience: Patience | None 
             if loc.scheme == "s3":
                 check = s3.fetch_object(client or s3.default_client(), loc, out, max_bytes, patience, too_big)
             elif loc.scheme == "file":
-                check = _download_file(loc, out, max_bytes)
+                check = _download_file(loc, out, max_bytes, too_big)
             else:
                 check = _download_url(loc, out, max_bytes, patience, too_big)
             size = out.tell()
@@ -171,14 +171,17 @@ def _http_failure(exc: urllib.error.HTTPError, url: str):
 
 # --- file -------------------------------------------------------------------------------------
 
-def _download_file(loc: Location, out: BinaryIO, max_bytes: int) -> str:
+def _download_file(loc: Location, out: BinaryIO, max_bytes: int, too_big) -> str:
     source = Path(loc.path)
     try:
         if not source.is_file():
             raise ClientError(INPUT, f"File does not exist: {source}")
-        _check_size(source.stat().st_size, max_bytes, loc)
+        if source.stat().st_size > max_bytes:
+            raise too_big(source.stat().st_size)
+        sink = Sink(out, max_bytes, too_big)  # counts as it copies: the file may grow meanwhile
         with source.open("rb") as src:
-            _copy_limited(iter(lambda: src.read(CHUNK_BYTES), b""), out, max_bytes, loc)
+            for chunk in iter(lambda: src.read(CHUNK_BYTES), b""):
+                sink.write(chunk)
         return "local"
     except PermissionError as exc:
         raise ClientError("ClientPermission", f"This agent may not read {source}") from exc
@@ -216,19 +219,3 @@ def _upload_file(path: Path, loc: Location) -> Stored:
 def _too_big(loc: Location, size: str, max_bytes: int) -> ClientError:
     return ClientError("ModelSizeTooBig", f"The model at {loc.redacted()} is {size} bytes; "
                                           f"this device accepts at most {max_bytes} bytes")
-
-
-def _check_size(size: int | None, max_bytes: int, loc: Location) -> None:
-    if size is not None and size > max_bytes:
-        raise _too_big(loc, str(size), max_bytes)
-
-
-def _copy_limited(chunks: Iterable[bytes], out: BinaryIO, max_bytes: int, loc: Location) -> int:
-    """Copy while counting: a server may send more than it announced, or announce nothing."""
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if total > max_bytes:
-            raise _too_big(loc, f"more than {max_bytes}", max_bytes)
-        out.write(chunk)
-    return total
