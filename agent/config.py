@@ -83,6 +83,45 @@ class VerifyConfig:
     atol: float = DEFAULT_ATOL
 
 
+# On-device tuning (agent.compile.tuning). A request that names neither tuning_seconds nor
+# tuning_trials in its CompilerOptions tunes for DEFAULT_TUNING_SECONDS; none tunes past
+# tuning.max_seconds or into the time the rest of its job needs (its MaxRuntimeInSeconds).
+DEFAULT_TUNING_SECONDS = 600.0
+DEFAULT_TUNING_MAX_SECONDS = 3600.0
+DEFAULT_TUNING_REST_OF_JOB_S = 180.0  # verify, benchmark, package and upload after the compile stage
+
+
+@dataclasses.dataclass
+class TuningConfig:
+    """How long a job may tune its kernels on this device, and where the records go.
+
+    default_seconds   a request that asks nothing tunes this long (0: jobs tune only when asked)
+    max_seconds       no request tunes longer, whatever it asks: a device resource limit
+    rest_of_job_seconds  kept from MaxRuntimeInSeconds for the stages after the compile
+    database          remember records across jobs (state_dir/tuning), so a kernel is tuned once
+    share_uri         an S3 prefix (s3://bucket/prefix) where identical devices pool their
+                      records: pulled before each job tunes, merged and pushed after
+    """
+
+    default_seconds: float = dataclasses.field(default_factory=lambda: DEFAULT_TUNING_SECONDS)
+    max_seconds: float = DEFAULT_TUNING_MAX_SECONDS
+    rest_of_job_seconds: float = DEFAULT_TUNING_REST_OF_JOB_S
+    database: bool = True
+    share_uri: str = ""
+
+    def validate(self) -> None:
+        for key in ("default_seconds", "max_seconds", "rest_of_job_seconds"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+                raise ConfigError(f"tuning.{key}: must be a number of seconds, 0 or more; got {value!r}")
+        if not isinstance(self.database, bool):
+            raise ConfigError(f"tuning.database: must be true or false, got {self.database!r}")
+        if self.share_uri and not self.share_uri.startswith(("s3://", "file://")):
+            raise ConfigError(f"tuning.share_uri: must be an s3:// (or file://) prefix, got {self.share_uri!r}")
+        if self.share_uri and not self.database:
+            raise ConfigError("tuning.share_uri: sharing records needs tuning.database = true")
+
+
 DEFAULT_IOT_PORT = 8883  # MQTT over TLS with a client certificate (AWS IoT Core's mTLS port)
 DEFAULT_IOT_KEEP_ALIVE_S = 300  # AWS IoT Core accepts 30..1200
 DEFAULT_IOT_SESSION_EXPIRY_S = 3600  # AWS IoT Core's default persistent-session expiry
@@ -317,6 +356,7 @@ class AgentConfig:
     cross_compile: bool = False
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
     iotcore: IotCoreConfig = dataclasses.field(default_factory=IotCoreConfig)
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
     s3: S3Config = dataclasses.field(default_factory=S3Config)
@@ -352,6 +392,7 @@ class AgentConfig:
             raise ConfigError("bench.threads: must be at least 1")
         if self.bench.min_iterations < 1:
             raise ConfigError("bench.min_iterations: must be at least 1")
+        self.tuning.validate()
         self.iotcore.validate()
         self.mqtt.validate()
         self.s3.inherit(self.iotcore)

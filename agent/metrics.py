@@ -15,11 +15,14 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
         "outputs": [{"name", "passed", "max_abs_error", "max_rel_error", ...}, ...]
       },
       "compile_seconds": float,            ONNX load + shape folding + import + optimize + build + link
-      "compile_breakdown_s": {"load", "fold", "import", "optimize", "build", "export"},
+      "compile_breakdown_s": {"load", "fold", "import", "optimize", "build", "export"[, "tune"]},
+      "compile_peak_rss_mb": float,        the compile child's peak resident memory (or a process it
+                                           started and reaped: MetaSchedule's workers), to the compile's end
       "target": {"kind": "llvm", "mtriple", "mcpu", "num-cores", ["mattr"]},   the TVM target
       "device": {"cpu", "arch", "logical_cores", "physical_cores", "memory_mb", "os", "python"},
       "threads": int,                      intra-op threads given to both engines
-      "tuned": false,                      no MetaSchedule tuning yet: schedules come from rules
+      "tuned": bool,                       some kernels run a MetaSchedule schedule tuned on this
+                                           device (in this job or an earlier one), not a rule's
       "schedule": {                        how the kernels were scheduled (agent.compile.schedule)
         "layout": "NHWC"|"NCHW",           the convolutions' data layout (CompilerOptions "layout")
         "rule": str,                       the rules' version, e.g. "cpu-tile/1"
@@ -31,6 +34,17 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
         "naive": [str],                    kernels with neither a parallel nor a vector loop
         "failures": [{"function", "rule", "error"}]   schedules that failed and were replaced
       },
+      "tuning": {                          on-device tuning (agent.compile.tuning)
+        "budget": {"seconds", "trials", "source"},   what this job could spend, and who said so
+        "stopped": str,                    why tuning ended ("off", "budget", "trials", ...)
+        "seconds", "tuning_seconds": float, "trials_measured": int, "seconds_per_trial": float,
+        "latency_ms": {"start_ms", "final_ms"},   the model profiled before and after tuning
+        "database": {"path", "key", "workloads", "reused"} | null,
+        "tasks": [{"kernels", "workload", "share", "trials_planned", "trials_new",
+                   "trials_total", "rule_us", "tuned_us", "used", "reused"}],
+        "tuned_kernels": [str],
+        "shared": {"uri", "pulled_workloads"|"pull_error", "pushed_workloads"|"push_error"}
+      },                                   (shared only with tuning.share_uri set)
       "method": {...},                     how latency was measured (BenchConfig and the rules)
       "versions": {"agent", "tvm", "tvm_ffi", "onnx", "onnxruntime", "onnxslim", "numpy", "python"},
       "inputs":  [{"name", "shape", "dtype"}],    the static shapes compiled for

@@ -3,8 +3,10 @@
     fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one .onnx
     prepare    5-15%  DataInputConfig checked or derived, graph frozen and folded, Relax import
     compile   15-45%  the target (device profile + CompilerOptions) -> layout, fusion, CPU schedules
-                      -> TVM build -> model.so + metadata.json (model.tar of objects when
-                      cross-compiled for another architecture: the device links it when it loads it)
+                      by rule -> on-device tuning within the job's budget (agent.compile.tuning;
+                      compile_model) -> TVM build -> model.so + metadata.json (model.tar of
+                      objects when cross-compiled for another architecture: the device links
+                      it when it loads it)
     verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
     benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
     package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
@@ -160,17 +162,19 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
     where = "this device" if resolution.native else f"{resolution.profile.label}, cross-compiled"
     progress("compile", 0, f"building for {where}: {target_desc['mcpu']} ({target_desc['num-cores']} cores), {layout}")
     artifact = workdir / "artifact"
-    built = build.build_and_export(imported.mod, tvm_target, artifact, layout=layout,
-                                   linkable=target.runs_here(target_desc))
+    built = compile_model(imported.mod, tvm_target, target_desc, resolution, artifact, layout=layout,
+                          config=config, deadline=deadline, progress=progress)
     breakdown = {**imported.seconds, **built.seconds}
     _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc, built.path.name))
-    progress("compile", 1, f"built in {sum(built.seconds.values()):.1f} s; {_schedule_text(built.schedule)}")
+    progress("compile", 1, f"built in {sum(built.seconds.values()):.1f} s; {_schedule_text(built.schedule)}"
+                           f"{_tuning_text(built.tuning)}")
 
     metrics = {
         "verification": None, "compile_seconds": round(sum(breakdown.values()), 3),
         "compile_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
+        "compile_peak_rss_mb": _peak_rss_mb(),
         "target": target_desc, "device": target.device_description(), "threads": config.bench.threads,
-        "tuned": False, "schedule": built.schedule,
+        "tuned": built.tuned, "schedule": built.schedule, "tuning": built.tuning,
         "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
         "inputs": [s.to_dict() for s in imported.inputs], "outputs": [s.to_dict() for s in imported.outputs],
         "data_input_config": datainput.to_json(imported.shapes), "derived": imported.derived_config is not None,
@@ -222,6 +226,65 @@ def _package_and_upload(metrics: dict, artifact: Path, library: str, name: str, 
 
 
 # --- stages --------------------------------------------------------------------------------
+def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any, artifact: Path, *,
+                  layout: str, config: AgentConfig, deadline: float, progress: "_Progress"):
+    """Rule schedules, then on-device tuning within the job's budget (agent.compile.tuning):
+    the request's tuning options and the agent's [tuning] settings decide how long; the
+    tuning database, when kept, supplies what earlier jobs tuned and keeps what this one does.
+    Returns the TunedBuild; its .tuning is metrics.json's "tuning"."""
+    from agent.compile import target, tuning
+
+    budget = tuning.job_budget(resolution.options, config.tuning, deadline - time.time())
+    database = None
+    shared: dict[str, Any] | None = None
+    if config.tuning.database:
+        database = tuning.open_database(config.state_dir, resolution.profile.name, target_desc)
+        if config.tuning.share_uri and budget.tunes:
+            progress("compile", 0, f"pulling the fleet's tuning records from {config.tuning.share_uri}")
+            shared = _share(database, "pull", config)
+    started = time.time()
+
+    def on_progress(message: str) -> None:
+        fraction = min(0.95, (time.time() - started) / budget.seconds) if budget.seconds else 0.0
+        progress("compile", fraction, message)
+
+    if budget.tunes:
+        on_progress(f"tuning for up to {budget.seconds:.0f} s"
+                    f"{f' or {budget.trials} trials' if budget.trials else ''} ({budget.source})")
+    built = tuning.tune_and_build(mod, tvm_target, artifact, budget_s=budget.seconds, trials=budget.trials,
+                                  database=database, layout=layout, linkable=target.runs_here(target_desc),
+                                  progress=on_progress)
+    built.tuning["budget"] = budget.to_dict()
+    if shared is not None:
+        if built.tuning.get("trials_measured"):
+            progress("compile", 0.97, f"pushing tuning records to {config.tuning.share_uri}")
+            shared.update(_share(database, "push", config))
+        built.tuning["shared"] = shared
+    return built
+
+
+SHARE_PATIENCE_S = 60.0  # sharing is worth a minute of an S3 outage, not the job
+
+
+def _share(database: Any, direction: str, config: AgentConfig) -> dict[str, Any]:
+    """Pull or push the fleet's records; a failure is reported in metrics and the log, and the
+    job goes on with this device's own records (sharing only saves tuning time)."""
+    from agent.storage import Patience
+
+    uri = config.tuning.share_uri
+    client = None
+    if uri.startswith("s3://"):
+        from agent.storage import credentials, s3
+
+        client = credentials.s3_client(config.s3, config=s3.client_config())
+    try:
+        count = getattr(database, direction)(uri, patience=Patience.for_seconds(SHARE_PATIENCE_S), client=client)
+    except JobFailure as failure:
+        log.warning("could not %s tuning records at %s: %s", direction, uri, failure.reason)
+        return {"uri": uri, f"{direction}_error": failure.reason}
+    return {"uri": uri, f"{direction}ed_workloads": count}
+
+
 def fetch(job: Job, workdir: Path, patience=None, client=None) -> tuple[Path, str]:
     """Download the model; returns (path of the one .onnx, the name stem for the artifact)."""
     from agent.storage import download, parse, safe_extract
@@ -409,6 +472,15 @@ def _ordered(metrics: dict) -> dict:
     return {**head, **{k: v for k, v in metrics.items() if k not in head}}
 
 
+def _peak_rss_mb() -> float:
+    """The largest resident size of this process, or of any process it started and reaped
+    (MetaSchedule's builders and runners), so far: what the compile stage needed."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(kib / 1024, 1)
+
+
 def _remaining(deadline: float) -> float:
     """Time left for a worker; the child's own alarm ends the job at the deadline anyway."""
     return max(1.0, deadline - time.time())
@@ -439,6 +511,18 @@ def _shapes_text(specs: list) -> str:
 def _schedule_text(report: dict) -> str:
     kinds = ", ".join(f"{n} {kind}" for kind, n in report["by_kind"].items() if n)
     return f"{report['functions']} kernels scheduled by rule ({kinds})"
+
+
+def _tuning_text(report: dict) -> str:
+    if report.get("trials_measured"):
+        latency = report.get("latency_ms") or {}
+        change = (f", {latency['start_ms']:.2f} -> {latency['final_ms']:.2f} ms"
+                  if latency.get("start_ms") and latency.get("final_ms") else "")
+        return (f"; tuned {len(report.get('tuned_kernels') or [])} kernels in {report.get('tuning_seconds', 0):.0f} s "
+                f"({report['trials_measured']} trials{change})")
+    if report.get("tuned_kernels"):
+        return f"; {len(report['tuned_kernels'])} kernels from the tuning database"
+    return ""
 
 
 def _latency_text(metrics: dict) -> str:

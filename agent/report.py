@@ -69,9 +69,27 @@ def results_table(describe: dict[str, Any], metrics: dict[str, Any] | None) -> s
         )
     if "compile_seconds" in metrics:
         lines.append(f"compile time     {metrics['compile_seconds']:.1f} s")
+    tuning = metrics.get("tuning")
+    if isinstance(tuning, dict):
+        lines.append(f"tuning           {tuning_sentence(tuning)}")
     target = metrics.get("target")
     if target:
         lines.append(f"target           {target}")
     if "threads" in metrics:
         lines.append(f"threads          {metrics['threads']}")
     return "\n".join(lines)
+
+
+def tuning_sentence(tuning: dict[str, Any]) -> str:
+    """metrics.json's "tuning" in one line: budget, trials, what was kept, the latency change."""
+    budget = tuning.get("budget") or {}
+    if not budget.get("seconds"):
+        kept = tuning.get("tuned_kernels") or []
+        return (f"none ({budget.get('source', 'not asked')})"
+                + (f"; {len(kept)} kernels tuned by earlier jobs applied from the database" if kept else ""))
+    latency = tuning.get("latency_ms") or {}
+    change = (f", profiled {latency['start_ms']:.3f} -> {latency['final_ms']:.3f} ms"
+              if latency.get("start_ms") and latency.get("final_ms") else "")
+    return (f"{budget['seconds']:g} s budget ({budget.get('source')}): {tuning.get('trials_measured', 0)} trials in "
+            f"{tuning.get('tuning_seconds', 0):g} s, {len(tuning.get('tuned_kernels') or [])} kernels use a tuned "
+            f"schedule{change}; stopped: {tuning.get('stopped')}")

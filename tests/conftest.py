@@ -38,6 +38,21 @@ def no_machine_config(monkeypatch):
     monkeypatch.setenv("NEO_AGENT_CONFIG", "")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_tuning_unless_asked():
+    """Jobs in tests tune only when the test asks (CompilerOptions tuning_seconds or
+    tuning_trials, or a TuningConfig of its own): a shipped agent tunes every job for
+    tuning.default_seconds (600 s), which would make each test job take minutes. Agents
+    in this process and agent processes the tests start both see the 0. Session-wide, so
+    that module-scoped fixtures, made before any test's own fixtures, see it too."""
+    import agent.config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(agent.config, "DEFAULT_TUNING_SECONDS", 0.0)
+        patch.setenv("NEO_AGENT_TUNING_DEFAULT_SECONDS", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One moto server process for the session, on a free loopback port."""

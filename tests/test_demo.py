@@ -21,6 +21,8 @@ def test_demo_compiles_verifies_benchmarks_and_runs_the_artifact(tmp_path):
     assert "Artifact         s3://neo-demo/compiled/model-ml_c5.tar.gz" in out
     assert 'Derived inputs   {"input": [1, 3, 64, 64]}' in out
     assert "verification     passed" in out and "speedup vs onnxruntime" in out
+    # The demo asks for a short on-device tuning run, and says what it did.
+    assert re.search(r"tuning           60 s budget \(CompilerOptions tuning_seconds\): \d+ trials in", out), out
     # The artifact came back from S3 and ran through the documented runtime.
     assert "output logits: shape [1, 10] float32" in out
     # The demo's S3 server process is gone once the demo returns.

@@ -308,11 +308,24 @@ def test_gpu_code_sets_the_cuda_architecture_and_its_alias_is_accepted():
     ("ml_c5", {"mcpu": 5}, "CompilerOptions: mcpu must be a non-empty string"),
     ("ml_c5", "[1, 2]", "CompilerOptions must be a JSON object"),
     ("ml_c5", "mcpu=skylake", "CompilerOptions must be a JSON object"),
+    ("ml_c5", {"tuning_seconds": -1}, "CompilerOptions: tuning_seconds must be a whole number from 0"),
+    ("ml_c5", {"tuning_seconds": "ten"}, "tuning_seconds must be a whole number"),
+    ("ml_c5", {"tuning_trials": 2.5}, "tuning_trials must be a whole number"),
+    ("ml_c5", {"tuning_trials": True}, "tuning_trials must be a whole number"),
+    ("ml_c5", {"tuning_trials": 10**7}, "tuning_trials must be a whole number from 0 to 1000000"),
+    ("ml_c5", {"tuning": 5}, "it accepts mcpu, mattr, dtype, layout, tuning_seconds, tuning_trials"),
 ])
 def test_invalid_compiler_options_are_rejected_naming_the_key(device, options, words):
     with pytest.raises(OptionError) as caught:
         profile_for({"TargetDevice": device}).parse_options(options)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("device", ["ml_c5", "rasp4b", "jetson_nano"])
+def test_every_profile_takes_the_tuning_budget_options(device):
+    options = profile_for({"TargetDevice": device}).parse_options(
+        '{"tuning_seconds": "900", "tuning_trials": 2000' + (', "gpu-code": "sm_53"}' if device == "jetson_nano" else "}"))
+    assert options["tuning_seconds"] == 900 and options["tuning_trials"] == 2000
 
 
 def test_an_nvidia_platform_needs_what_neo_requires():

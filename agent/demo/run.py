@@ -22,6 +22,7 @@ from agent.demo.s3server import S3Server
 BUCKET = "neo-demo"
 DEMO_STATE_DIR = Path(".state") / "demo"
 
+DEMO_TUNING_SECONDS = 60
 HOST_TARGET_DEVICE = {"x86_64": "ml_c5", "aarch64": "ml_c6g"}
 
 
@@ -33,6 +34,8 @@ def demo_request(name: str, model_uri: str, output_uri: str) -> dict:
         "OutputConfig": {
             "S3OutputLocation": output_uri,
             "TargetDevice": HOST_TARGET_DEVICE.get(platform.machine(), "ml_c5"),
+            # A short on-device tuning run (the agent's default is tuning.default_seconds, 600 s).
+            "CompilerOptions": json.dumps({"tuning_seconds": DEMO_TUNING_SECONDS}),
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": 900},
         "Tags": [{"Key": "purpose", "Value": "neo-agent demo"}],

@@ -36,6 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.device.detect import Detection
 
 FIELD = "OutputConfig.CompilerOptions"  # as the API names members in its errors
+# The agent's own options, which every profile accepts (Neo has none like them): the job's
+# on-device tuning budget (agent.compile.tuning), a whole number, 0 for no tuning. With
+# neither, the agent's tuning.default_seconds applies; its tuning.max_seconds caps both.
+TUNING_OPTIONS = {"tuning_seconds": 28 * 86400, "tuning_trials": 1_000_000}   # key -> largest value
 
 
 def parse_options(profile: Profile, compiler_options: str | dict | None) -> dict[str, Any]:
@@ -50,10 +54,13 @@ def parse_options(profile: Profile, compiler_options: str | dict | None) -> dict
         raise OptionError(f"{FIELD} must be a JSON object; got {compiler_options!r}.")
     options: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in TUNING_OPTIONS:
+            options[key] = _whole_number(str(key), value, TUNING_OPTIONS[key])
+            continue
         canonical = profile.canonical_option(str(key))
         if canonical is None:
             raise OptionError(f"{FIELD}: {key} is not accepted for {profile.label}; "
-                              f"it accepts {', '.join(profile.options)}.")
+                              f"it accepts {', '.join([*profile.options, *TUNING_OPTIONS])}.")
         if canonical in options:
             raise OptionError(f"{FIELD}: {key} and {canonical} are the same option; give it once.")
         options[canonical] = _check_value(profile, profile.options[canonical], str(key), value)
@@ -82,6 +89,18 @@ def _check_value(profile: Profile, spec: OptionSpec, key: str, value: Any) -> An
         raise OptionError(f"{FIELD}: {key} {value!r} is not valid for {profile.label}{why}; "
                           f"it must match {spec.pattern}.")
     return value
+
+
+def _whole_number(key: str, value: Any, largest: int) -> int:
+    """A tuning option: an integer, or a string of one ("600"), from 0 to `largest`."""
+    number = value
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= largest:
+        raise OptionError(f"{FIELD}: {key} must be a whole number from 0 to {largest}; got {value!r}.")
+    return number
 
 
 def _read(text: str) -> Any:

@@ -165,6 +165,11 @@ class TuningDatabase:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @property
+    def empty(self) -> bool:
+        """No record was ever written here (nothing a job could apply)."""
+        return not self.path.exists()
+
     def load(self) -> "Snapshot":
         with self._locked(exclusive=False):
             return self._read(self.path)

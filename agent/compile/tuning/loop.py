@@ -19,7 +19,8 @@
 
 Everything is bounded by `budget_s` for this whole call: tuning stops early enough to leave
 time for step 5 and 6, estimated from what step 3's build took. No budget and no trials
-means no tuning, but steps 1-3 still apply what the database knows. A cross-compiled target
+means no tuning, but steps 1-3 still apply what the database knows (with an empty database,
+the rule build is all there is: nothing is profiled). A cross-compiled target
 (`linkable` False) cannot be measured here: only step 2 applies. The steps' state lives in
 agent.compile.tuning.job.
 """
@@ -96,7 +97,7 @@ def tune_and_build(mod: "tvm.IRModule", target: "tvm.target.Target", out_dir: Pa
     schedule_report = {"layout": layout, **schedule_report}
     seconds = {"optimize": time.time() - start}
     try:
-        if database is None and not wants_tuning:  # nothing to apply, nothing to tune
+        if not wants_tuning and (database is None or database.empty):  # nothing to apply, nothing to tune
             executable = _build(rule_mod, target, seconds)
             return _finish(executable, out_dir, linkable, seconds, schedule_report, rule_mod,
                            job.report(start, "off"))

@@ -1,0 +1,61 @@
+"""A job's tuning budget: the request's CompilerOptions, the agent's [tuning] settings, the job's time."""
+from __future__ import annotations
+
+import pytest
+
+from agent.compile.tuning import job_budget
+from agent.config import AgentConfig, TuningConfig
+from agent.errors import ConfigError
+
+SETTINGS = TuningConfig(default_seconds=600, max_seconds=3600, rest_of_job_seconds=180)
+
+
+@pytest.mark.parametrize("options, seconds_left, seconds, trials, source", [
+    ({}, 86400, 600, None, "the agent's tuning.default_seconds"),
+    ({"tuning_seconds": 1800}, 86400, 1800, None, "CompilerOptions tuning_seconds"),
+    ({"tuning_seconds": 7200}, 86400, 3600, None, "cut to 3600 s by tuning.max_seconds"),
+    ({"tuning_seconds": 1800}, 900, 720, None, "cut to 720 s by MaxRuntimeInSeconds less 180 s"),
+    ({}, 600, 420, None, "cut to 420 s by MaxRuntimeInSeconds"),
+    ({"tuning_trials": 500}, 86400, 3600, 500, "CompilerOptions tuning_trials"),
+    ({"tuning_trials": 500, "tuning_seconds": 60}, 86400, 60, 500, "CompilerOptions tuning_seconds"),
+])
+def test_the_budget_is_what_was_asked_within_the_job_and_the_device_limits(options, seconds_left, seconds,
+                                                                            trials, source):
+    budget = job_budget(options, SETTINGS, seconds_left)
+    assert budget.tunes and budget.seconds == seconds and budget.trials == trials
+    assert source in budget.source
+
+
+@pytest.mark.parametrize("options, seconds_left, settings", [
+    ({"tuning_seconds": 0}, 86400, SETTINGS),
+    ({"tuning_trials": 0}, 86400, SETTINGS),
+    ({}, 86400, TuningConfig(default_seconds=0)),
+    ({"tuning_seconds": 600}, 150, SETTINGS),          # the later stages need all that is left
+    ({"tuning_seconds": 600}, 86400, TuningConfig(max_seconds=0)),
+])
+def test_no_tuning_when_nothing_may_be_spent(options, seconds_left, settings):
+    budget = job_budget(options, settings, seconds_left)
+    assert not budget.tunes and budget.seconds is None and budget.trials is None
+
+
+@pytest.mark.parametrize("section, words", [
+    ({"default_seconds": -1}, "tuning.default_seconds: must be a number of seconds"),
+    ({"max_seconds": float("inf")}, "tuning.max_seconds"),
+    ({"share_uri": "https://example.com/x"}, "tuning.share_uri: must be an s3://"),
+    ({"share_uri": "s3://b/p", "database": False}, "needs tuning.database = true"),
+])
+def test_bad_tuning_settings_name_the_key(section, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.").replace("/", "/")):
+        AgentConfig(tuning=TuningConfig(**section))
+
+
+def test_the_tuning_section_comes_from_the_file_and_the_environment(tmp_path, monkeypatch):
+    from agent.configfile import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text('[tuning]\ndefault_seconds = 1200\nshare_uri = "s3://fleet/tuning"\n')
+    monkeypatch.delenv("NEO_AGENT_TUNING_DEFAULT_SECONDS")   # tests/conftest.py's 0 would win over the file
+    monkeypatch.setenv("NEO_AGENT_TUNING_MAX_SECONDS", "2400")
+    config = load_config(path)
+    assert (config.tuning.default_seconds, config.tuning.max_seconds, config.tuning.share_uri) == \
+        (1200, 2400, "s3://fleet/tuning")
