@@ -82,6 +82,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(FAST_BENCH_ENV)
     env.update(AWS_ENV)
     env["NEO_AGENT_CONFIG"] = ""  # never this machine's /etc/neo-agent/agent.toml
+    env["NEO_AGENT_TUNING_DEFAULT_SECONDS"] = "0"  # tests tune only when they ask (tests/conftest.py)
     env.update(extra)
     return env
 
