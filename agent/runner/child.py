@@ -29,6 +29,8 @@ from pathlib import Path
 
 from agent.errors import ClientError, JobFailure, ServerError
 
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
 # RLIMIT_DATA backstop, as a multiple of the configured limit: the parent's RSS watch trips
 # first in normal operation; this stops an allocation burst faster than the watch can poll.
 DATA_LIMIT_FACTOR = 2
@@ -62,8 +64,14 @@ class PipeReporter:
         self.log_path = log_path  # this child's own stdout/stderr file, uploaded with the artifact
 
     def send(self, **message) -> None:
-        self._stream.write(json.dumps(message) + "\n")
-        self._stream.flush()
+        """One line to the agent. When the agent is gone (the pipe is broken) a progress report
+        stops the job, as StopCompilationJob would: nobody is left to hear its result."""
+        try:
+            self._stream.write(json.dumps(message) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            if message.get("event") not in ("result", "failure", "stopped"):
+                raise Stopped() from None
 
     def stage(self, stage: str, percent: float, message: str = "") -> None:
         self.current_stage = stage
@@ -81,7 +89,38 @@ def _raise_deadline(signum, frame):
     raise DeadlineExceeded()
 
 
+def _end_with_the_agent(agent_pid: int) -> None:
+    """SIGTERM this child when the agent that started it dies (Linux's PR_SET_PDEATHSIG).
+
+    The child runs in its own session, so a SIGKILLed agent (the OOM killer, a power supervisor)
+    would otherwise leave it compiling, tuning and even uploading for a job that the restarted
+    agent has already failed with AgentRestart. With this it unwinds as on StopCompilationJob,
+    at once. The restarted agent still kills a child it finds (agent.runner.runner.recover).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux: recover() is the only guard
+        return
+    if os.getppid() != agent_pid:  # the agent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_group() -> None:
+    """SIGTERM the rest of this child's process group. The agent's Stop signals the whole group
+    itself; a SIGTERM for the agent's death (_end_with_the_agent) reaches this process alone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> int:
+    agent_pid = os.getppid()
     spec = json.loads(Path(argv[1]).read_text())
     stream = os.fdopen(int(argv[2]), "w", buffering=1)
     reporter = PipeReporter(stream, Path(spec["log"]) if spec.get("log") else None)
@@ -107,6 +146,7 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     signal.signal(signal.SIGTERM, _raise_stopped)
     signal.signal(signal.SIGALRM, _raise_deadline)
+    _end_with_the_agent(agent_pid)
     remaining = spec["deadline"] - time.time()
     if remaining <= 0:
         reporter.send(event="failure", reason=timeout_failure(job.max_runtime, "fetch").reason)
@@ -127,6 +167,7 @@ def main(argv: list[str]) -> int:
         )
     except Stopped:
         log.info("stopped by SIGTERM in stage %s", reporter.current_stage)
+        _end_group()  # the workers this child started (engines, tuning), whoever sent the SIGTERM
         reporter.send(event="stopped")
     except DeadlineExceeded:
         log.info("deadline passed in stage %s", reporter.current_stage)
