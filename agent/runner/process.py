@@ -67,6 +67,10 @@ class ChildProcess:
         self.on_message = on_message
         self.memory_limit_mb = memory_limit_mb
         self.kill_at = kill_at
+        # The deadline is kept on the monotonic clock: a device's wall clock jumps (a Raspberry
+        # Pi has no RTC, and NTP moves it by years after boot), and a jump must neither kill a
+        # job early nor let a stuck one run on.
+        self._kill_at_monotonic = time.monotonic() + (kill_at - clock())
         self.stop_grace_s = stop_grace_s
         self.clock = clock
         self.env = env  # extra variables for the child (secrets that must not go in its spec file)
@@ -126,7 +130,7 @@ class ChildProcess:
                 log.warning("child %s uses %.0f MiB > limit %d MiB: killing its group", proc.pid, rss, self.memory_limit_mb)
                 self.outcome.killed_for = "memory"
                 _kill_group(proc.pid, signal.SIGKILL)
-            elif self.clock() >= self.kill_at and not self.outcome.killed_for:
+            elif time.monotonic() >= self._kill_at_monotonic and not self.outcome.killed_for:
                 log.warning("child %s is past its deadline: killing its group", proc.pid)
                 self.outcome.killed_for = "deadline"
                 _kill_group(proc.pid, signal.SIGKILL)
