@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
 from agent.jobs.job import Status
 from agent.jobs.store import JobStore
@@ -115,6 +116,7 @@ def test_stop_queued_job_and_fifo_order(harness):
     assert third.start_time >= first.end_time  # one at a time, in order
 
 
+@pytest.mark.faults
 def test_memory_limit_kills_group_and_agent_lives_on(harness):
     store, runner = harness(memory_limit_mb=250)
     submit(store, runner, scripted_job("hog", "stage=compile;alloc=400;sleep=30"))
@@ -126,6 +128,7 @@ def test_memory_limit_kills_group_and_agent_lives_on(harness):
     assert wait_terminal(store, "after").status == Status.COMPLETED
 
 
+@pytest.mark.faults
 def test_memory_backstop_refuses_a_burst(harness):
     """An allocation far past the limit is refused by RLIMIT_DATA before the watch can poll."""
     store, runner = harness(memory_limit_mb=100)
@@ -177,6 +180,7 @@ AGENT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.faults
 def test_agent_killed_mid_job_then_restarted(tmp_path):
     """SIGKILL the agent while one job runs and two wait: after restart nothing is lost."""
     root = os.getcwd()

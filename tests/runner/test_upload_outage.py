@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import boto3
+import pytest
 
 from agent.jobs.job import Job, Status
 from agent.runner import housekeeping
@@ -19,6 +20,7 @@ def publishing_job(name: str, max_runtime: int) -> Job:
     return job
 
 
+@pytest.mark.faults
 def test_a_job_waits_in_upload_while_s3_is_down_then_completes(harness, own_s3):
     store, runner = harness()
     own_s3.kill()
@@ -39,6 +41,7 @@ def test_a_job_waits_in_upload_while_s3_is_down_then_completes(harness, own_s3):
     assert (folder / "job.log").is_file()
 
 
+@pytest.mark.faults
 def test_s3_down_until_the_deadline_fails_with_the_reason_and_keeps_the_artifact(harness, own_s3):
     store, runner = harness()
     own_s3.kill()
@@ -72,6 +75,7 @@ def test_the_oldest_ended_jobs_lose_their_files_first(harness):
     assert store.get("old").status == Status.COMPLETED, "records stay; only files go"
 
 
+@pytest.mark.faults
 def test_a_job_on_a_full_disk_fails_at_once(harness):
     store, runner = harness(min_free_mb=2**40)  # more than any disk has free
     submit(store, runner, scripted_job("no-room", "stage=compile"))

@@ -25,6 +25,7 @@ from tests.transports.iot_fixtures import make_pki
 BUCKET = OWN_BUCKET
 
 
+@pytest.mark.faults
 def test_server_killed_mid_multipart_upload_then_restarted(own_s3, tmp_path):
     artifact = tmp_path / "model-ml_c5.tar.gz"
     artifact.write_bytes(os.urandom(40 << 20))  # five 8 MiB parts
@@ -45,6 +46,7 @@ def test_server_killed_mid_multipart_upload_then_restarted(own_s3, tmp_path):
     assert digest(back.path) == digest(artifact), "the bytes in S3 are the artifact's bytes"
 
 
+@pytest.mark.faults
 def test_a_network_cut_mid_multipart_resumes_with_the_parts_s3_holds(own_s3, tmp_path):
     artifact = tmp_path / "model-ml_c5.tar.gz"
     artifact.write_bytes(os.urandom(40 << 20))
@@ -66,6 +68,7 @@ def test_a_network_cut_mid_multipart_resumes_with_the_parts_s3_holds(own_s3, tmp
     assert digest(back.path) == digest(artifact)
 
 
+@pytest.mark.faults
 def test_a_short_outage_is_waited_out_by_a_single_put(own_s3, tmp_path):
     artifact = tmp_path / "small.tar.gz"
     artifact.write_bytes(os.urandom(1000))
@@ -76,6 +79,7 @@ def test_a_short_outage_is_waited_out_by_a_single_put(own_s3, tmp_path):
     assert stored.verified_by == "sha256"
 
 
+@pytest.mark.faults
 def test_an_outage_past_the_deadline_fails_with_the_reason(own_s3, tmp_path):
     artifact = tmp_path / "a.tar.gz"
     artifact.write_bytes(b"x" * 1000)
@@ -165,6 +169,7 @@ def flaky_url():
     server.server_close()
 
 
+@pytest.mark.faults
 def test_a_dropped_download_resumes_with_range_and_is_checked(flaky_url, tmp_path):
     fetched = download(f"{flaky_url}/flaky", tmp_path / "m.tar.gz", max_bytes=1 << 20,
                        patience=Patience.for_seconds(30))

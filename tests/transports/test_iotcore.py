@@ -181,6 +181,7 @@ def test_settings_are_validated_naming_the_key():
     IotCoreConfig().validate()  # off: nothing to check
 
 
+@pytest.mark.faults
 def test_session_is_resumed_and_a_status_set_while_offline_still_arrives(served, iot_broker):
     """Broker down while a job ends: the COMPLETED event waits in the outbox and goes out after
     the CRT client reconnects by itself (resumed session: no resubscribe needed)."""

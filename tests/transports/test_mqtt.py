@@ -198,6 +198,7 @@ def test_allow_lists_refuse_other_roles_with_access_denied(serve, client):
     assert names == ["allowed"]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_requests_sent_while_the_agent_is_offline_arrive_after_it_reconnects(serve, client, protocol):
     first = serve(protocol)
@@ -273,6 +274,7 @@ def test_delete_publishes_deleted_and_a_reused_name_gets_its_final_status_again(
 
 
 # --- delivery through restarts --------------------------------------------------------------------
+@pytest.mark.faults
 def test_broker_killed_and_restarted_during_a_real_compile(serve, mosquitto, tmp_path):
     """THE property: the job completes and a subscribed client sees COMPLETED exactly once."""
     served = serve("5", scripted=False)
@@ -301,6 +303,7 @@ def test_broker_killed_and_restarted_during_a_real_compile(serve, mosquitto, tmp
     assert finals[0]["summary"]["metrics"]["verification"]["passed"] is True
 
 
+@pytest.mark.faults
 def test_final_status_published_while_the_broker_is_down_is_delivered_once_after_it_returns(serve, mosquitto):
     served = serve("5")
     seen: list[dict] = []
@@ -321,6 +324,7 @@ def test_final_status_published_while_the_broker_is_down_is_delivered_once_after
     assert served.transport.outbox.pending() == []
 
 
+@pytest.mark.faults
 def test_agent_restart_resends_a_final_status_the_broker_never_acknowledged(tmp_path, mosquitto, client):
     settings = mqtt_settings(mosquitto, THING, "3.1.1")
     raw = client("3.1.1", persistent=True)  # keeps its subscription through the broker restart
@@ -371,6 +375,7 @@ def test_a_broker_that_refuses_the_login_is_a_configuration_error(tmp_path):
         assert time.monotonic() - started < WAIT_S / 2  # the refusal, not a timeout
 
 
+@pytest.mark.faults
 def test_an_agent_started_before_its_broker_connects_when_it_comes(tmp_path):
     broker = Mosquitto(tmp_path / "late")
     served = ServedAgent(tmp_path / "state", mqtt_settings(broker, THING, "3.1.1"), connect_timeout=0.5).start()
