@@ -1,8 +1,8 @@
 """A real Mosquitto broker process for tests, on a free loopback port.
 
-Agent-independent on purpose (it imports nothing from `agent`), so every MQTT-based test can
-use it: the plain MQTT transport, the AWS IoT Core and IoT Jobs stand-ins (which add a TLS
-listener through `extra_config`).
+Independent of the agent's MQTT code (it takes only the port helper from `agent`), so every
+MQTT-based test can use it: the plain MQTT transport, the AWS IoT Core and IoT Jobs stand-ins
+(which add a TLS listener through `extra_config`).
 
 The broker keeps its persistence database in its own directory and saves it after every
 change (subscription, queued message), so persistent sessions (subscriptions and queued QoS 1 messages) survive `kill()` (SIGKILL,
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.demo.s3server import free_port  # tests import it from here too
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 AUTOSAVE_CHANGES = 1  # save the persistence database after every change, so SIGKILL loses nothing
@@ -37,25 +39,6 @@ AUTOSAVE_CHANGES = 1  # save the persistence database after every change, so SIG
 def mosquitto_binary() -> str | None:
     """The broker's path: on PATH, or Debian's /usr/sbin (not on a normal user's PATH)."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on, and one this process has not handed out before.
-
-    The kernel may give the same ephemeral port to two binds in a row once the first socket
-    is closed, so two ports chosen for one fixture (a broker's plain and TLS listeners) could
-    collide; remembering what was handed out rules that out within a test run.
-    """
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 class Mosquitto:
