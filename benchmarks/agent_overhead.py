@@ -79,7 +79,7 @@ def run(queued: int, calls: int) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEO_AGENT_")}
         # The first job stays in its benchmark stage, so the others wait in the queue.
         env.update(NEO_AGENT_QUEUE_LIMIT=str(queued + 10), NEO_AGENT_BENCH_MIN_SECONDS="3000",
-                   NEO_AGENT_BENCH_MAX_SECONDS="3000")
+                   NEO_AGENT_BENCH_MAX_SECONDS="3000", NEO_AGENT_TUNING_DEFAULT_SECONDS="0")
         log = open(tmp / "daemon.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--log-level", "INFO", "run", "--http",
                                  f"127.0.0.1:{port}", "--state-dir", str(tmp / "state")],

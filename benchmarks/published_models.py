@@ -51,7 +51,7 @@ def machine() -> dict:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
-def run(models: list[str], out_dir: Path, bench: BenchConfig) -> list[dict]:
+def run(models: list[str], out_dir: Path, bench: BenchConfig, tuning_seconds: int = 0) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,7 +68,8 @@ def run(models: list[str], out_dir: Path, bench: BenchConfig) -> list[dict]:
                     "RoleArn": "arn:aws:iam::000000000000:role/bench",
                     "InputConfig": {"S3Uri": archive.as_uri(), "Framework": "ONNX",
                                     "DataInputConfig": json.dumps({input_name: shape})},
-                    "OutputConfig": {"S3OutputLocation": (tmp / "out").as_uri(), "TargetDevice": "ml_c5"},
+                    "OutputConfig": {"S3OutputLocation": (tmp / "out").as_uri(), "TargetDevice": "ml_c5",
+                                     "CompilerOptions": json.dumps({"tuning_seconds": tuning_seconds})},
                     "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
                 })
                 while True:
@@ -143,10 +144,12 @@ def main() -> None:
     parser.add_argument("--name", default="untuned")
     parser.add_argument("--min-iterations", type=int, default=50)
     parser.add_argument("--min-seconds", type=float, default=5.0)
+    parser.add_argument("--tuning-seconds", type=int, default=0,
+                        help="each job's tuning budget (CompilerOptions tuning_seconds); 0: rule schedules only")
     args = parser.parse_args()
     bench = BenchConfig(min_iterations=args.min_iterations, min_seconds=args.min_seconds, max_seconds=120)
     load_at_start = os.getloadavg()[0]
-    rows = run(args.models.split(","), args.out, bench)
+    rows = run(args.models.split(","), args.out, bench, args.tuning_seconds)
     meta = {"command": "python " + " ".join(sys.argv), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "name": args.name, "machine": machine(), "bench": bench.__dict__,
             "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}

@@ -131,3 +131,31 @@ def test_vector_lanes_follow_the_targets_features(config, lanes):
     import tvm
 
     assert schedule.vector_lanes(tvm.target.Target({"kind": "llvm", "num-cores": 4, **config})) == lanes
+
+
+@pytest.mark.parametrize("kernel, stride, pads, rewritten", [
+    (2, 2, [0, 0, 0, 0], True),     # the detection heads' upsampling: a matmul and a pixel shuffle
+    (3, 3, [0, 0, 0, 0], True),
+    (3, 2, [1, 1, 1, 1], False),    # taps overlap: stays a conv2d_transpose
+    (2, 2, [1, 1, 1, 1], False),
+])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_a_conv2d_transpose_whose_kernel_is_its_stride_becomes_a_matmul(tmp_path, kernel, stride, pads, rewritten,
+                                                                      layout):
+    from agent import runtime
+    from agent.compile import onnx_frontend, optimize
+    from tests.compile.helpers import compile_artifact, onnxruntime_outputs, save, tiny_model
+
+    rng = np.random.default_rng(7)
+    weights = rng.standard_normal((6, 5, kernel, kernel)).astype(np.float32)   # IOHW: 6 in, 5 out
+    bias = rng.standard_normal(5).astype(np.float32)
+    size = (9 - 1) * stride + kernel - pads[0] - pads[2]
+    path = save(tiny_model("ConvTranspose", {"x": [1, 6, 9, 11]}, [1, 5, size, (11 - 1) * stride + kernel - pads[1] - pads[3]],
+                           attrs={"strides": [stride, stride], "kernel_shape": [kernel, kernel], "pads": pads},
+                           initializers={"w": weights, "b": bias}), tmp_path / "t.onnx")
+    imported = onnx_frontend.load_and_import(path, None)
+    text = optimize.transposed_convolutions_as_matmul(imported.mod).script()
+    assert ("conv2d_transpose" not in text) == rewritten and ("matmul" in text) == rewritten
+    x = rng.standard_normal((1, 6, 9, 11)).astype(np.float32)
+    got = runtime.load(compile_artifact(path, tmp_path / "out", layout=layout)).run({"x": x})
+    np.testing.assert_allclose(got[0], onnxruntime_outputs(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
