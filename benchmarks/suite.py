@@ -113,11 +113,22 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                          (f"warm-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S)]
             for label, state, options, runtime_s in plan:
                 variant = run_job(state, tmp, name, label, archive, input_name, shape, options, runtime_s, bench)
-                variant.update(command="python " + " ".join(sys.argv), machine=machine(),
+                variant.update(command="python " + " ".join(sys.argv), machine=machine(), commit=commit(),
                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
                 result["variants"][label] = variant
                 result_path.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{name} {label}: {line(variant)}", flush=True)
+
+
+def commit() -> str:
+    """The agent's source as the job ran it: the git commit, "+changes" when the tree differed."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def line(variant: dict) -> str:
@@ -169,6 +180,7 @@ def markdown(results: list[dict]) -> str:
         "# Benchmark suite: TVM on this device beside onnxruntime", "",
         "Made by: " + "; ".join(f"`{c}`" for c in commands) + ", then `python benchmarks/suite.py report`  ",
         f"Machine: {'; '.join(machines)}  ",
+        "Agent source: " + ", ".join(sorted({v.get("commit", "not recorded") for v in variants})) + "  ",
         f"Dates: {dates[0]} to {dates[-1]}; load average (1 min) after each job: "
         f"{min(loads):.2f} to {max(loads):.2f}  ",
         "Each job measured both engines in their own processes, 2 threads each (warm-up, then >= 50 runs and "
