@@ -16,8 +16,8 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
       },
       "compile_seconds": float,            ONNX load + shape folding + import + optimize + build + link
       "compile_breakdown_s": {"load", "fold", "import", "optimize", "build", "export"[, "tune"]},
-      "compile_peak_rss_mb": float,        the compile child's peak resident memory (or a process it
-                                           started and reaped: MetaSchedule's workers), to the compile's end
+      "compile_peak_rss_mb": float,        the compile child's own peak resident memory (VmHWM) at
+                                           the compile's end; MetaSchedule's worker processes not counted
       "target": {"kind": "llvm", "mtriple", "mcpu", "num-cores", ["mattr"]},   the TVM target
       "device": {"cpu", "arch", "logical_cores", "physical_cores", "memory_mb", "os", "python"},
       "threads": int,                      intra-op threads given to both engines

@@ -473,12 +473,21 @@ def _ordered(metrics: dict) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    """The largest resident size of this process, or of any process it started and reaped
-    (MetaSchedule's builders and runners), so far: what the compile stage needed."""
+    """This process's peak resident memory so far: what the compile stage needed here.
+
+    Linux's VmHWM, which counts from this process's exec; getrusage's ru_maxrss would also
+    count the agent's size at the fork that started it. MetaSchedule's builder and runner
+    workers are processes of their own and not counted.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
-    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return round(kib / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _remaining(deadline: float) -> float:
