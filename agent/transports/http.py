@@ -214,6 +214,9 @@ def _parse_json(body: bytes) -> dict[str, Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never holds the process up; stop() waits for answers
+    # socketserver's listen backlog is 5: in a burst of 16 clients the kernel dropped the rest's
+    # SYNs, and each waited out TCP's 1 s retransmit (benchmarks/results/load.md: p99 1034 ms).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, transport: HttpTransport):
         self.address_family = family
