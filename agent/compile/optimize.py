@@ -98,15 +98,22 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
         return relax.get_pipeline("zero")(mod)
 
 
-def transposed_convolutions_as_matmul(mod: "tvm.IRModule") -> "tvm.IRModule":
-    """See the module docstring; conv2d_transposes of other shapes are left as they are."""
+def _mutate(mod: "tvm.IRModule", mutator_class: Any) -> tuple["tvm.IRModule", Any]:
+    """(a copy of `mod` with every Relax function rewritten by mutator_class(mod), the mutator);
+    the caller's module stays as it was."""
     from tvm import relax
 
     mod = mod.clone()
-    rewriter = _transpose_rewriter()(mod)
+    mutator = mutator_class(mod)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            mod[gvar] = rewriter.visit_expr(func)
+            mod[gvar] = mutator.visit_expr(func)
+    return mod, mutator
+
+
+def transposed_convolutions_as_matmul(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """See the module docstring; conv2d_transposes of other shapes are left as they are."""
+    mod, rewriter = _mutate(mod, _transpose_rewriter())
     if rewriter.rewritten:
         log.debug("%d conv2d_transpose rewritten as matmul and pixel shuffle", rewriter.rewritten)
     return mod
@@ -187,13 +194,7 @@ def _axes(call: Any) -> list[int] | None:
 
 def fold_constants(mod: "tvm.IRModule") -> "tvm.IRModule":
     """Replace calls of _NUMPY_OPS on constants by their value, in every Relax function."""
-    from tvm import relax
-
-    mod = mod.clone()  # the caller's module stays as it was
-    folder = _constant_folder()(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gvar] = folder.visit_expr(func)
+    mod, folder = _mutate(mod, _constant_folder())
     if folder.folded:
         log.debug("folded %d constant expressions with numpy", folder.folded)
     return mod
