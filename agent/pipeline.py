@@ -237,11 +237,13 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
     budget = tuning.job_budget(resolution.options, config.tuning, deadline - time.time())
     database = None
     shared: dict[str, Any] | None = None
+    share_client = None
     if config.tuning.database:
         database = tuning.open_database(config.state_dir, resolution.profile.name, target_desc)
         if config.tuning.share_uri and budget.tunes:
             progress("compile", 0, f"pulling the fleet's tuning records from {config.tuning.share_uri}")
-            shared = _share(database, "pull", config)
+            share_client = _share_client(config)
+            shared = _share(database, "pull", config.tuning.share_uri, share_client)
     started = time.time()
 
     def on_progress(message: str) -> None:
@@ -258,7 +260,7 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
     if shared is not None:
         if built.tuning.get("trials_measured"):
             progress("compile", 0.97, f"pushing tuning records to {config.tuning.share_uri}")
-            shared.update(_share(database, "push", config))
+            shared.update(_share(database, "push", config.tuning.share_uri, share_client))
         built.tuning["shared"] = shared
     return built
 
@@ -266,17 +268,20 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
 SHARE_PATIENCE_S = 60.0  # sharing is worth a minute of an S3 outage, not the job
 
 
-def _share(database: Any, direction: str, config: AgentConfig) -> dict[str, Any]:
+def _share_client(config: AgentConfig):
+    """The device's own S3 client for tuning.share_uri (None for a file:// prefix)."""
+    if not config.tuning.share_uri.startswith("s3://"):
+        return None
+    from agent.storage import credentials, s3
+
+    return credentials.s3_client(config.s3, config=s3.client_config())
+
+
+def _share(database: Any, direction: str, uri: str, client: Any) -> dict[str, Any]:
     """Pull or push the fleet's records; a failure is reported in metrics and the log, and the
     job goes on with this device's own records (sharing only saves tuning time)."""
     from agent.storage import Patience
 
-    uri = config.tuning.share_uri
-    client = None
-    if uri.startswith("s3://"):
-        from agent.storage import credentials, s3
-
-        client = credentials.s3_client(config.s3, config=s3.client_config())
     try:
         count = getattr(database, direction)(uri, patience=Patience.for_seconds(SHARE_PATIENCE_S), client=client)
     except JobFailure as failure:
