@@ -80,16 +80,9 @@ def burst(create, names: list[str], request_for) -> tuple[list[str], dict[str, s
 
 def http_client(daemon):
     """boto3's SageMaker client for the daemon, with a connection for each client thread."""
-    import boto3
-    import botocore.config
+    from tests.service.daemon_process import sagemaker_client
 
-    from tests.service.daemon_process import AWS_ENV
-
-    config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=THREADS + 4,
-                                    connect_timeout=10, read_timeout=60)
-    return boto3.client("sagemaker", endpoint_url=daemon.url, config=config, region_name=AWS_ENV["AWS_REGION"],
-                        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    return sagemaker_client(daemon.url, connections=THREADS + 4)
 
 
 def http_create(client):

@@ -93,12 +93,14 @@ def scripted_request(name: str, script: str) -> dict:
                        Tags=[{"Key": "test-script", "Value": script}])
 
 
-def sagemaker_client(url: str, **overrides):
-    """boto3's own SageMaker client, pointed at the agent; no retries, so errors surface at once."""
+def sagemaker_client(url: str, *, connections: int = 10, **overrides):
+    """boto3's own SageMaker client, pointed at the agent; no retries, so errors surface at once.
+    `connections`: its pool (boto3's default 10; a client shared by more threads needs more)."""
     values = dict(region_name=AWS_ENV["AWS_REGION"], aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
                   aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
     values.update(overrides)
-    config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+    config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+                                    max_pool_connections=connections)
     return boto3.client("sagemaker", endpoint_url=url, config=config, **values)
 
 
