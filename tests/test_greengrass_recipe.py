@@ -10,6 +10,7 @@ accessControl is compared with the topics the agent's own code subscribes and pu
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -23,9 +24,10 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
-from agent.configfile import load_config, schema
+from agent.configfile import all_keys, load_config, schema
+from agent.errors import ConfigError
 from agent.transports import greengrass, iotjobs, topics
-from agent.transports.greengrass_config import EMPTY_IS_A_VALUE, check, variable
+from agent.transports.greengrass_config import EMPTY_IS_A_VALUE, check, configurable_keys, variable
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "greengrass"
@@ -221,8 +223,58 @@ def test_default_configuration_keys_are_the_agents_with_string_values():
     assert "state_dir" not in DEFAULTS["agent"]  # the Run step puts it in the component's work folder
 
 
+def shipped(constant: str):
+    """A constant of agent/config.py as written there: tests/conftest.py patches DEFAULT_TUNING_SECONDS to 0."""
+    tree = ast.parse((REPO / "agent" / "config.py").read_text())
+    [value] = [node.value for node in tree.body if isinstance(node, ast.Assign)
+               and any(getattr(target, "id", None) == constant for target in node.targets)]
+    return ast.literal_eval(value)
+
+
 def test_default_configuration_is_the_agents_own_defaults():
-    assert check(DEFAULTS) == AgentConfig.from_mapping({})
+    expected = AgentConfig.from_mapping({})
+    expected.tuning.default_seconds = shipped("DEFAULT_TUNING_SECONDS")
+    assert expected.tuning.default_seconds > 0  # a device tunes each job unless told otherwise
+    assert check(DEFAULTS) == expected
+
+
+def test_default_configuration_covers_every_key_a_deployment_may_set_and_no_other():
+    """A key added to the agent is either in the recipe or refused at deployment, never silently ignored."""
+    named = {f"{section}.{key}" for section, table in DEFAULTS.items() if section != "accessControl" for key in table}
+    assert named == configurable_keys()
+    setenv = RECIPE["Lifecycle"]["Run"]["Setenv"]
+    passed = {match for value in setenv.values() for match in re.findall(r"\{configuration:/(\w+)/(\w+)}", value)}
+    assert {f"{section}.{key}" for section, key in passed} == configurable_keys()
+    assert {"tuning.default_seconds", "tuning.max_seconds", "tuning.rest_of_job_seconds", "tuning.database",
+            "tuning.share_uri"} <= configurable_keys()
+
+
+@pytest.mark.parametrize("dotted", sorted(all_keys()))
+def test_deployment_validation_accepts_exactly_the_keys_the_run_step_passes_on(dotted):
+    section, name = dotted.split(".")
+    configuration = json.loads(json.dumps(DEFAULTS))
+    passed_on = dotted in configurable_keys()
+    configuration.setdefault(section, {})[name] = DEFAULTS[section][name] if passed_on else "x"
+    if passed_on:
+        assert check(configuration, source="deployment d-1")
+    else:
+        with pytest.raises(ConfigError) as refused:
+            check(configuration, source="deployment d-1")
+        assert str(refused.value).startswith(
+            f"deployment d-1:{dotted}: not configurable through the Greengrass component; ")
+
+
+def test_deployment_validation_refuses_an_http_endpoint_the_agent_could_not_serve():
+    """Off loopback the endpoint needs http.credentials, which a deployment cannot set; the agent would exit."""
+    for endpoint, words in [("0.0.0.0:8573", "is not a loopback address"), ("8573", "expected HOST:PORT")]:
+        configuration = json.loads(json.dumps(DEFAULTS))
+        configuration["http"]["endpoint"] = endpoint
+        with pytest.raises(ConfigError, match=f"^component configuration:http.endpoint: .*{words}"):
+            check(configuration)
+    for endpoint, served in [("[::1]:9000", "[::1]:9000"), ("", "")]:
+        configuration = json.loads(json.dumps(DEFAULTS))
+        configuration["http"]["endpoint"] = endpoint
+        assert check(configuration).http == served
 
 
 def test_the_run_step_passes_every_configuration_key_as_its_variable():
@@ -296,9 +348,12 @@ def test_the_run_step_passes_a_deployments_values_and_drops_a_removed_key(tmp_pa
     configuration["agent"]["queue_limit"] = "7"
     configuration["http"]["endpoint"] = ""  # off, not the default
     del configuration["bench"]["min_iterations"]  # the nucleus leaves {configuration:/bench/min_iterations}
+    configuration["tuning"].update(default_seconds="0", max_seconds="900", database="false")
     [call] = run_step("Run", tmp_path, configuration)
     loaded = load_config(environ=call["env"])
     assert loaded.queue_limit == 7 and loaded.http == "" and "http.endpoint" in EMPTY_IS_A_VALUE
+    assert (loaded.tuning.default_seconds, loaded.tuning.max_seconds, loaded.tuning.database) == (0, 900, False)
+    assert loaded.tuning == check(configuration).tuning
     assert loaded.bench.min_iterations == AgentConfig.from_mapping({}).bench.min_iterations
 
 

@@ -257,6 +257,21 @@ def test_native_targets_take_the_machine_s_values():
     assert nano["arch"] == "sm_53" and nano["host"]["mcpu"] == "cortex-a57"
 
 
+def test_a_gpu_target_is_refused_for_what_this_tvm_really_lacks():
+    """TVM makes CUDA source here (test_profile_target_builds_a_small_model reads it); its runtime
+    has no CUDA. A TVM built with a CUDA runtime fails this test: the refusal is then due a rethink."""
+    import tvm
+
+    with pytest.raises(Exception) as refused:
+        check_target({"TargetDevice": "jetson_nano"}, tree("jetson_nano"))
+    message = str(refused.value)
+    assert "needs GPU code" in message and "TargetPlatform {Os: LINUX, Arch: ARM64}" in message
+    assert "generates CUDA source" in message and "no CUDA runtime" in message
+    assert "code generator" not in message
+    assert tvm.get_global_func("target.build.cuda", allow_missing=True) is not None
+    assert not tvm.runtime.enabled("cuda")
+
+
 def test_an_nvidia_platform_request_must_name_this_jetson_s_gpu():
     options = json.dumps({"gpu-code": "sm_72", "trt-ver": "8.2.1", "cuda-ver": "10.2"})
     with pytest.raises(Exception, match="its GPU is sm_53, so CompilerOptions gpu-code 'sm_72' does not fit it"):

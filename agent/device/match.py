@@ -23,10 +23,14 @@ from agent.errors import ValidationException
 
 CROSS_OFF = ("cross-compiling for another device is not enabled on this agent "
              "(its setting cross_compile, NEO_AGENT_CROSS_COMPILE)")
-# The TVM wheel the agent runs has no CUDA code generator, and the agent's schedules are CPU
-# schedules: a GPU target is refused, with the CPU platform that does work on that board.
-GPU_ABSENT = ("GPU code is not built by this agent yet (its TVM has no CUDA code generator); "
-              "TargetPlatform {{Os: LINUX, Arch: {arch}}} compiles for the board's CPU")
+# The TVM wheel the agent runs does generate CUDA kernels (as CUDA C source), but its runtime
+# has no CUDA support: no GPU device API and no loader for PTX or cubin. So the agent could
+# neither run the kernels to verify and benchmark them, nor, without nvcc, turn them into
+# machine code for the board's GPU; and its schedules are CPU schedules (a GPU kernel needs its
+# loops bound to threads). A GPU target is refused, with the CPU platform that does work there.
+GPU_ABSENT = ("GPU code is not built by this agent yet: its TVM generates CUDA source, but has no CUDA runtime "
+              "to load the kernels onto a GPU and verify and benchmark them (and making the GPU's machine code "
+              "needs nvcc); TargetPlatform {{Os: LINUX, Arch: {arch}}} compiles for the board's CPU")
 
 
 class NotThisDevice(TargetError):

@@ -222,6 +222,7 @@ def test_a_deployments_configuration_is_accepted_or_rejected_naming_the_key(serv
     accepted = nucleus.propose(defaults, deployment_id="d-defaults")
     assert accepted.status == model.ConfigurationValidityStatus.ACCEPTED
     assert propose("agent", "queue_limit", "250").status == model.ConfigurationValidityStatus.ACCEPTED
+    assert propose("tuning", "default_seconds", "0").status == model.ConfigurationValidityStatus.ACCEPTED
     for section, key, value, words in [
         ("bench", "threads", "many", "bench.threads: expected an integer"),
         ("agent", "queue_limt", "5", "agent.queue_limt: unknown key; did you mean agent.queue_limit?"),
@@ -229,6 +230,14 @@ def test_a_deployments_configuration_is_accepted_or_rejected_naming_the_key(serv
         ("agent", "queue_limit", "0", "queue_limit: must be at least 1"),
         ("iotcore", "jobs", "perhaps", "iotcore.jobs: expected true or false"),
         ("verify", "rtol", "tight", "verify.rtol: expected a number"),
+        ("tuning", "max_seconds", "long", "tuning.max_seconds: expected a number"),
+        ("tuning", "share_uri", "https://x", "tuning.share_uri: must be an s3://"),
+        # Keys the Run step never passes on: refused, not accepted and ignored.
+        ("agent", "state_dir", "/data", "agent.state_dir: not configurable through the Greengrass component"),
+        ("iotcore", "endpoint", "x-ats.iot.us-east-1.amazonaws.com", "iotcore.endpoint: not configurable"),
+        ("mqtt", "enabled", "true", "mqtt.enabled: not configurable"),
+        ("s3", "profile", "fleet", "s3.profile: not configurable"),
+        ("http", "endpoint", "0.0.0.0:8573", "http.endpoint: 0.0.0.0:8573 is not a loopback address"),
     ]:
         report = propose(section, key, value)
         assert report.status == model.ConfigurationValidityStatus.REJECTED, (section, key, value)
