@@ -7,6 +7,9 @@ The rule (the README's "Files on disk" repeats it):
 2. When the job ends, work/ is removed, except the packed artifact (work/out/*.tar.gz) of a job
    that did not finish its upload: that stays until the job is deleted, so nothing compiled is
    lost to an S3 outage. spec.json (no secrets in it) and job.log stay until the job is deleted.
+   A job that an agent restart ended (FAILED: AgentRestart, or STOPPED) is tidied the same way
+   by the next start, and rule 3 applies rule 2 again to every ended job first, so working files
+   left by an agent that died between a job's end and its tidy go too.
 3. The files of ended jobs may take at most `max_retained_mb` together. Past that, the oldest
    ended jobs lose their retained artifacts first, then their logs; each such job says so in its
    notes. Job records are never removed by this rule, only by DeleteCompilationJob.
@@ -33,30 +36,51 @@ def retained_artifacts(job_dir: Path) -> list[Path]:
     return sorted(out.glob("*.tar.gz")) if out.is_dir() else []
 
 
-def prune_ended(job_dir: Path, status: Status) -> list[Path]:
-    """Rule 2; returns the artifacts kept."""
+def kept_artifacts(job_dir: Path, status: Status) -> list[Path]:
+    """What rule 2 keeps of an ended job's work/: a COMPLETED job uploaded its artifact."""
+    return [] if status == Status.COMPLETED else retained_artifacts(job_dir)
+
+
+def leftovers(job_dir: Path, status: Status) -> list[Path]:
+    """What rule 2 removes from an ended job's work/: everything but the artifacts it keeps."""
     work = job_dir / "work"
     if not work.is_dir():
         return []
-    keep = [] if status == Status.COMPLETED else retained_artifacts(job_dir)
+    keep = kept_artifacts(job_dir, status)
+    found: list[Path] = []
     for entry in work.iterdir():
-        if entry.name == "out":
-            for item in entry.iterdir():
-                if item not in keep:
-                    _remove(item)
-            if not keep:
-                _remove(entry)
+        if entry.name == "out" and keep:
+            found.extend(item for item in entry.iterdir() if item not in keep)
         else:
-            _remove(entry)
+            found.append(entry)
+    return found
+
+
+def prune_ended(job_dir: Path, status: Status) -> list[Path]:
+    """Rule 2; returns the artifacts kept. Safe to repeat: a tidy folder stays as it is."""
+    keep = kept_artifacts(job_dir, status)
+    for path in leftovers(job_dir, status):
+        _remove(path)
     if not keep:
-        _remove(work)
+        _remove(job_dir / "work")
     return keep
 
 
 def enforce_budget(store: JobStore, jobs_dir: Path, max_bytes: int, keep: str = "") -> int:
-    """Rule 3: returns the bytes the ended jobs' files take afterwards. `keep`: a job to spare."""
+    """Rule 3: returns the bytes the ended jobs' files take afterwards. `keep`: a job to spare.
+
+    Rule 2 first, for every ended job: working files an ended job should not have (its agent
+    died before tidying it) are never worth keeping, so they go before any artifact or log.
+    """
     ended = sorted((j for j in store.with_status(ENDED) if j.name != keep),
                    key=lambda j: (j.end_time or 0.0, j.name))
+    for job in ended:
+        folder = _dir(jobs_dir, job)
+        left = leftovers(folder, job.status)
+        if left:
+            freed = sum(_size(p) for p in left)
+            prune_ended(folder, job.status)
+            log.info("removed the working files (%d bytes) left after the job ended", freed, extra={"job": job.name})
     sizes = {job.name: _size(_dir(jobs_dir, job)) for job in ended}
     total = sum(sizes.values())
     for kind in ("artifact", "log"):

@@ -6,11 +6,12 @@ the job's limits. The worker alone ends a job it started; `stop` only asks.
 
 After a restart, `recover` reads the store and works out where each job was: queued jobs are
 queued again, a job that was running is FAILED (its child is killed if it survived), a job
-that was stopping is STOPPED. Each such job says so in its notes.
+that was stopping is STOPPED. Each such job says so in its notes, and its folder is tidied as
+any ended job's is.
 
 When a job ends, its folder is tidied and the state directory kept within its bound
 (agent.runner.housekeeping has the rule); a job that would start on a nearly full disk fails
-at once instead.
+at once instead. One lock keeps two workers (and a deletion) from tidying the same folder at once.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Runner:
         self._cv = threading.Condition()
         self._closing = False
         self._threads: list[threading.Thread] = []
+        self._disk = threading.Lock()  # housekeeping of the jobs' folders, one thread at a time
 
     # --- life cycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -77,6 +79,7 @@ class Runner:
         self._threads = []
 
     def recover(self) -> None:
+        ended: list[tuple[str, Status]] = []
         for job in self.store.with_status([Status.INPROGRESS, Status.STOPPING]):
             killed = kill_leftover_child(job.pid)
             found = "its compile process was still running and was killed" if killed else "its compile process was gone"
@@ -84,6 +87,7 @@ class Runner:
                 self.store.transition(
                     job.name, Status.STOPPED, end_time=self.clock(), note=f"agent restarted while stopping; {found}"
                 )
+                ended.append((job.name, Status.STOPPED))
             else:
                 reason = ServerError(
                     "AgentRestart",
@@ -93,7 +97,14 @@ class Runner:
                     job.name, Status.FAILED, failure_reason=reason, end_time=self.clock(),
                     note=f"agent restarted during stage {job.stage}; {found}",
                 )
+                ended.append((job.name, Status.FAILED))
             log.info("recovered from %s (%s)", job.status.value, found, extra={"job": job.name})
+        # Rule 2 for the jobs just ended, then rule 3, which also tidies a job that ended in
+        # the last life but whose agent died before tidying it.
+        for name, status in ended:
+            self._prune(name, status)
+        with self._disk:
+            housekeeping.enforce_budget(self.store, self.config.jobs_dir, self.config.max_retained_mb * 2**20)
         for job in self.store.with_status([Status.STARTING]):
             self.store.update(job.name, note="queued again after an agent restart")
             with self._cv:
@@ -121,7 +132,8 @@ class Runner:
 
     def forget(self, name: str) -> None:
         """The job was deleted: its local files go too."""
-        shutil.rmtree(self.config.job_dir(name), ignore_errors=True)
+        with self._disk:
+            shutil.rmtree(self.config.job_dir(name), ignore_errors=True)
 
     def queued(self) -> list[str]:
         with self._cv:
@@ -274,18 +286,25 @@ class Runner:
 
     def _tidy(self, name: str, status: Status) -> None:
         """housekeeping's rules 2 and 3, once a job has ended."""
-        kept = housekeeping.prune_ended(self.config.job_dir(name), status)
+        self._prune(name, status)
+        with self._disk:
+            housekeeping.enforce_budget(self.store, self.config.jobs_dir, self.config.max_retained_mb * 2**20)
+
+    def _prune(self, name: str, status: Status) -> None:
+        """housekeeping's rule 2, and a note naming the artifact it keeps."""
+        with self._disk:
+            kept = housekeeping.prune_ended(self.config.job_dir(name), status)
         if kept:
             self.store.update(name, note=f"the packed artifact stays on this device until the job is deleted: "
                                          f"{', '.join(str(p) for p in kept)}")
-        housekeeping.enforce_budget(self.store, self.config.jobs_dir, self.config.max_retained_mb * 2**20)
 
     def _room_for_a_job(self, name: str) -> bool:
         """housekeeping's rule 4: fail the job now rather than halfway through on a full disk."""
         free = housekeeping.free_bytes(self.config.state_dir)
         if free >= self.config.min_free_mb * 2**20:
             return True
-        housekeeping.enforce_budget(self.store, self.config.jobs_dir, 0, keep=name)
+        with self._disk:
+            housekeeping.enforce_budget(self.store, self.config.jobs_dir, 0, keep=name)
         free = housekeeping.free_bytes(self.config.state_dir)
         if free >= self.config.min_free_mb * 2**20:
             return True

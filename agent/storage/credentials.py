@@ -26,8 +26,9 @@ when fewer than 15 minutes remain (advisory; at 10 minutes every caller waits fo
 
 The session is an ordinary botocore session with only its credential resolver replaced, so
 boto3's environment (AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, AWS_CA_BUNDLE, ...) works exactly
-as with a plain boto3 session. The one difference is the order: with TES set up, TES answers
-before the AWS_ACCESS_KEY_ID variables.
+as with a plain boto3 session. The differences: the order (with TES set up, TES answers before
+the AWS_ACCESS_KEY_ID variables), and AWS_REGION, which botocore ignores, sets the region when
+AWS_DEFAULT_REGION does not (agent.storage.s3.environment_region, as for its default client).
 
 Errors: the IoT provider's failures (an HTTP error such as 403, an unreadable answer, TLS,
 an unreachable endpoint) and an unusable s3.profile are ServerError("StorageCredentials", ...),
@@ -51,6 +52,7 @@ from dateutil.parser import parse as parse_time  # what RefreshableCredentials p
 
 from agent.config import AgentConfig, S3Config, default_thing_name
 from agent.errors import ServerError, ValidationException
+from agent.storage.s3 import environment_region
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -128,6 +130,9 @@ def _botocore_session(settings: S3Config, role_arn: str | None):
     import botocore.session
 
     session = botocore.session.Session(profile=settings.profile or None)
+    region = environment_region()
+    if region:
+        session.set_config_variable("region", region)
     with _profile_errors(settings):
         default = session.get_component("credential_provider").providers
     if settings.profile:

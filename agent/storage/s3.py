@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -58,10 +59,19 @@ class Stored:
 
 def default_client():
     """A client from a fresh boto3 session: credentials, region and endpoint read anew each time
-    (AWS_ENDPOINT_URL_S3, AWS_REGION, ...), botocore's standard retries, bounded timeouts."""
+    (AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION or AWS_REGION, ...), botocore's standard retries,
+    bounded timeouts."""
     import boto3
 
-    return boto3.session.Session().client("s3", config=client_config())
+    return boto3.session.Session(region_name=environment_region()).client("s3", config=client_config())
+
+
+def environment_region() -> str | None:
+    """AWS_DEFAULT_REGION, else AWS_REGION; None leaves the choice to botocore (the profile's
+    region, else us-east-1). botocore reads only AWS_DEFAULT_REGION, but AWS_REGION is what
+    the other AWS SDKs read and what many environments set alone; a device given only that
+    would otherwise sign for and talk to us-east-1, not the region it was given."""
+    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
 
 
 def client_config():

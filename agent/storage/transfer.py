@@ -5,8 +5,9 @@
 
 Schemes: s3:// (agent.storage.s3: resumable, checksummed, verified), https:// (presigned URLs
 included) and file://. boto3 finds its endpoint, region and credentials itself
-(AWS_ENDPOINT_URL_S3, AWS_REGION, ...) unless the caller passes a `client` made by
-agent.storage.credentials; nothing here names an endpoint.
+(AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION or AWS_REGION: agent.storage.s3.default_client)
+unless the caller passes a `client` made by agent.storage.credentials; nothing here names an
+endpoint.
 
 Outages are waited out by `patience` (agent.storage.retry: backoff until the job's deadline);
 without one a transfer waits at most DEFAULT_PATIENCE_S. Downloads stream to a temporary file

@@ -42,6 +42,27 @@ def test_a_job_waits_in_upload_while_s3_is_down_then_completes(harness, own_s3):
 
 
 @pytest.mark.faults
+def test_s3_killed_between_two_parts_of_a_multipart_upload_then_restarted(harness, own_s3):
+    """The new server has lost the upload (moto keeps it in memory): the job starts it again."""
+    store, runner = harness()
+    job = publishing_job("multipart", 120)  # 20 MiB: parts of 8, 8 and 4 MiB
+    job.request["Tags"][0]["Value"] = "pause-after-part=1:2 publish=20"  # 2 s to break S3 after part 1
+    submit(store, runner, job)
+    wait_for(store, "multipart", lambda j: j.stage_message == "uploaded part 1 of 3", timeout=30)
+    own_s3.kill()
+    restarted = own_s3.restart_later(3.0)  # after the child has met the dead server with part 2
+    job = wait_terminal(store, "multipart", timeout=90)
+    restarted.join()
+    assert job.status == Status.COMPLETED, job.failure_reason
+    log = (runner.config.job_dir("multipart") / "job.log").read_text()
+    assert "storage unreachable, attempt 1 failed" in log
+    assert "S3 no longer knows upload" in log and "starting it again" in log
+    body = boto3.client("s3").get_object(Bucket=OWN_BUCKET, Key="compiled/scripted-ml_c5.tar.gz")["Body"].read()
+    assert len(body) == 20 * 2**20
+    assert hashlib.blake2b(body).hexdigest() == job.artifact_digest, "ModelDigests.ArtifactDigest is S3's bytes"
+
+
+@pytest.mark.faults
 def test_s3_down_until_the_deadline_fails_with_the_reason_and_keeps_the_artifact(harness, own_s3):
     store, runner = harness()
     own_s3.kill()
@@ -61,7 +82,7 @@ def test_s3_down_until_the_deadline_fails_with_the_reason_and_keeps_the_artifact
 def test_the_oldest_ended_jobs_lose_their_files_first(harness):
     store, runner = harness()
     for index, name in enumerate(("old", "mid", "new")):
-        submit(store, runner, scripted_job(name, "stage=compile"))
+        submit(store, runner, scripted_job(name, "stage=upload fail=upload"))
         wait_terminal(store, name)
         out = runner.config.job_dir(name) / "work" / "out"
         out.mkdir(parents=True)
@@ -72,7 +93,7 @@ def test_the_oldest_ended_jobs_lose_their_files_first(harness):
     assert not housekeeping.retained_artifacts(runner.config.job_dir("mid"))
     assert housekeeping.retained_artifacts(runner.config.job_dir("new"))
     assert "removed from this device" in store.get("old").notes[-1]
-    assert store.get("old").status == Status.COMPLETED, "records stay; only files go"
+    assert store.get("old").status == Status.FAILED, "records stay; only files go"
 
 
 @pytest.mark.faults

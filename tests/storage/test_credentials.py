@@ -272,6 +272,28 @@ def test_boto3s_environment_works_as_with_a_plain_session(pki, monkeypatch):
         server.stop()
 
 
+@pytest.mark.parametrize("environment, profile_region, region", [
+    ({"AWS_REGION": "eu-central-1"}, None, "eu-central-1"),  # botocore alone would say us-east-1
+    ({"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-west-3"}, None, "eu-west-3"),
+    ({"AWS_REGION": "eu-central-1"}, "ap-south-1", "eu-central-1"),  # the environment over the file
+    ({}, "ap-south-1", "ap-south-1"),
+    ({}, None, "us-east-1"),
+])
+def test_aws_region_sets_the_region_where_aws_default_region_does_not(environment, profile_region, region,
+                                                                      monkeypatch, tmp_path):
+    from agent.storage.s3 import default_client
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    if profile_region:
+        (tmp_path / "no-config").write_text(f"[default]\nregion = {profile_region}\n")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert s3_client(S3Config()).meta.region_name == region, "the job's client (agent.storage.credentials)"
+    assert default_client().meta.region_name == region, "the client a transfer makes without one"
+
+
 # --- role aliases --------------------------------------------------------------------------------
 
 def test_role_alias_without_a_map_is_the_devices_alias():

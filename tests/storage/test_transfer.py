@@ -53,6 +53,59 @@ def test_kms_key_reaches_s3(s3_bucket, s3_env, tmp_path, size):
     assert head["ContentLength"] == size
 
 
+# --- the check after an upload (agent.storage.s3._verify) ----------------------------------------
+
+def replaced_before_the_check(client, bucket: str, key: str, body: bytes) -> None:
+    """Another writer puts `body` at the key just before `client` asks S3 what it holds there."""
+    other = boto3.client("s3")
+
+    def replace(params, **_):
+        other.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+
+    client.meta.events.register("before-parameter-build.s3.HeadObject", replace)
+
+
+def keeping_no_checksum(client) -> list[dict]:
+    """`client` answers as an S3-compatible store that keeps no checksums: HeadObject without
+    ChecksumSHA256. Returns the GetObject calls it makes, as they happen."""
+    reads: list[dict] = []
+    client.meta.events.register("after-call.s3.HeadObject", lambda parsed, **_: parsed.pop("ChecksumSHA256", None))
+    client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params))
+    return reads
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"y" * 100_000, "S3's SHA-256 "),  # the same size, other bytes
+    (b"y" * 99_999, "S3 holds 99999 bytes after the upload, the artifact has 100000"),
+])
+def test_an_object_s3_does_not_hold_as_uploaded_is_a_storage_error(s3_bucket, payload, body, words):
+    client = boto3.client("s3")
+    replaced_before_the_check(client, s3_bucket, "out/m.tar.gz", body)
+    with pytest.raises(ServerError) as info:
+        upload(payload, f"s3://{s3_bucket}/out/m.tar.gz", client=client, patience=NO_PATIENCE())
+    assert info.value.keyword == "StorageError" and words in info.value.detail
+    assert info.value.detail.endswith(f"Bucket: {s3_bucket}, Key: out/m.tar.gz")
+
+
+def test_a_store_that_keeps_no_checksum_has_the_object_read_back(s3_bucket, payload):
+    client = boto3.client("s3")
+    reads = keeping_no_checksum(client)
+    stored = upload(payload, f"s3://{s3_bucket}/out/m.tar.gz", client=client)
+    assert (stored.verified_by, stored.size) == ("read-back", 100_000)
+    assert [(r["Bucket"], r["Key"]) for r in reads] == [(s3_bucket, "out/m.tar.gz")], "read back once"
+
+
+def test_bytes_read_back_that_differ_are_a_storage_error(s3_bucket, payload):
+    client = boto3.client("s3")
+    reads = keeping_no_checksum(client)
+    replaced_before_the_check(client, s3_bucket, "out/m.tar.gz", b"y" * 100_000)  # the size still matches
+    with pytest.raises(ServerError) as info:
+        upload(payload, f"s3://{s3_bucket}/out/m.tar.gz", client=client, patience=NO_PATIENCE())
+    assert info.value.keyword == "StorageError"
+    assert info.value.detail.startswith("the object read back from S3 differs from the artifact")
+    assert len(reads) == 1
+
+
 def test_missing_object_in_neo_words(s3_bucket, tmp_path):
     with pytest.raises(ClientError) as info:
         download(f"s3://{s3_bucket}/no/such.tar.gz", tmp_path / "m", max_bytes=1000)
