@@ -9,10 +9,12 @@ Downloads resume after an outage with a Range request pinned to the first respon
 Uploads of up to MULTIPART_THRESHOLD go in one PutObject; larger ones in PART_BYTES parts. Every
 request carries the SHA-256 of its bytes, so S3 refuses a part that was damaged on the way.
 After an outage a multipart upload asks S3 which parts it holds (ListParts) and sends only the
-rest; when S3 no longer knows the upload (it was aborted, or the server lost its state), the
-upload starts again. Done means verified: HeadObject's size and SHA-256 must equal ours before
-the caller may call the job COMPLETED; a server that stores no checksum gets the object read
-back and hashed instead. With a KmsKeyId every request asks for SSE-KMS with that key.
+rest. When S3 no longer knows the upload (it answers NoSuchUpload to ListParts, UploadPart or
+CompleteMultipartUpload: a lifecycle rule or another client aborted it, or the server lost its
+state), the upload starts again, at most MAX_UPLOAD_RESTARTS times. Done means verified:
+HeadObject's size and SHA-256 must equal ours before the caller may call the job COMPLETED; a
+server that stores no checksum gets the object read back and hashed instead. With a KmsKeyId
+every request asks for SSE-KMS with that key.
 
 botocore's errors become Neo FailureReasons (see `failure`); outages are waited out by the
 caller's Patience.
@@ -38,6 +40,7 @@ CHUNK_BYTES = 1 << 20
 PART_BYTES = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB is the AWS CLI's default
 MULTIPART_THRESHOLD = 16 << 20
 MAX_PARTS = 10_000
+MAX_UPLOAD_RESTARTS = 3  # a store that forgets one upload more often than this will forget the next
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -170,6 +173,7 @@ def _multipart(client, path: Path, size: int, loc: Location, sse: dict, patience
             digests.append(hashlib.sha256(src.read(part_bytes)).digest())
     upload: dict[str, Any] = {}
     done: dict[int, dict] = {}
+    restarts = [0]
 
     def start() -> None:
         response = call(lambda: client.create_multipart_upload(
@@ -177,15 +181,27 @@ def _multipart(client, path: Path, size: int, loc: Location, sse: dict, patience
         upload["id"] = response["UploadId"]
         done.clear()
 
+    def start_again(answer: str) -> None:
+        """S3 has forgotten the upload and every part it held: start a new one, within bounds."""
+        forgotten = upload.pop("id")  # nothing left to abort if this gives up
+        if restarts[0] >= MAX_UPLOAD_RESTARTS:
+            raise ClientError(OUTPUT, f"S3 forgot the multipart upload {restarts[0] + 1} times (last: upload "
+                                      f"{forgotten}, NoSuchUpload to {answer}); a lifecycle rule or another "
+                                      f"client may be aborting uploads under this prefix. "
+                                      f"Bucket: {loc.bucket}, Key: {loc.key}")
+        restarts[0] += 1
+        log.warning("%s: S3 no longer knows upload %s (NoSuchUpload to %s); starting it again",
+                    what, forgotten, answer)
+        start()
+
     def resync() -> None:
         """After an outage: which parts does S3 still hold? None at all if it forgot the upload."""
         try:
             listed = call(lambda: client.list_parts(Bucket=loc.bucket, Key=loc.key, UploadId=upload["id"]))
         except ClientError as exc:
-            if "NoSuchUpload" not in exc.detail:
+            if not _no_such_upload(exc):
                 raise
-            log.warning("%s: S3 no longer knows upload %s; starting it again", what, upload["id"])
-            start()
+            start_again("ListParts")
             return
         held = {p["PartNumber"]: p for p in listed.get("Parts", [])}
         for number in list(done):
@@ -201,20 +217,33 @@ def _multipart(client, path: Path, size: int, loc: Location, sse: dict, patience
             ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(digests[number - 1])))
         done[number] = {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64(digests[number - 1])}
 
+    def send_rest() -> None:
+        """The parts S3 lacks, then the completion; from the first part whenever S3 forgets the upload."""
+        while True:
+            try:
+                for number in range(1, count + 1):
+                    if number not in done:
+                        step = f"UploadPart {number}"
+                        send(number)
+                        if on_part is not None:
+                            on_part(len(done), count)
+                step = "CompleteMultipartUpload"
+                call(lambda: client.complete_multipart_upload(
+                    Bucket=loc.bucket, Key=loc.key, UploadId=upload["id"],
+                    MultipartUpload={"Parts": [done[n] for n in range(1, count + 1)]}))
+                return
+            except ClientError as exc:
+                if not _no_such_upload(exc):
+                    raise
+                start_again(step)
+
     def send_all() -> None:
         # The first attempt starts the upload; a later one follows an outage, so ask S3 first.
         if "id" not in upload:
             start()
         else:
             resync()
-        for number in range(1, count + 1):
-            if number not in done:
-                send(number)
-                if on_part is not None:
-                    on_part(len(done), count)
-        call(lambda: client.complete_multipart_upload(
-            Bucket=loc.bucket, Key=loc.key, UploadId=upload["id"],
-            MultipartUpload={"Parts": [done[n] for n in range(1, count + 1)]}))
+        send_rest()
 
     try:
         patience.call(what, send_all)
@@ -223,6 +252,12 @@ def _multipart(client, path: Path, size: int, loc: Location, sse: dict, patience
             _abort(client, loc, upload["id"])
         raise
     return f"{composite_sha256(digests)}-{count}", count
+
+
+def _no_such_upload(failure: ClientError) -> bool:
+    """Did S3 answer that it does not know the upload (aborted, completed, or lost)?"""
+    response = getattr(failure.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "NoSuchUpload"
 
 
 def file_sha256(path: Path) -> bytes:

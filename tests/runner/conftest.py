@@ -8,6 +8,7 @@ from agent.config import AgentConfig, BenchConfig
 from agent.jobs.job import Job, Status
 from agent.jobs.store import JobStore
 from agent.runner.runner import Runner
+from tests.storage.aws_like_s3 import aws_like_s3, aws_like_s3_server  # noqa: F401  (fixtures)
 
 SCRIPTED = "tests.runner.scripted_pipeline"
 

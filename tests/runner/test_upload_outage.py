@@ -1,6 +1,7 @@
 """A job meets an S3 outage in its upload stage: it waits there, then completes or fails with
 the reason; its packed artifact stays on disk until uploaded or deleted (runner + real child +
-real moto server process, killed and restarted). And the state directory's disk rule."""
+real moto server process, killed and restarted). S3 forgets a multipart upload mid-way. And the
+state directory's disk rule."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ import pytest
 from agent.jobs.job import Job, Status
 from agent.runner import housekeeping
 from tests.restartable_s3 import BUCKET as OWN_BUCKET
+from tests.storage.aws_like_s3 import BUCKET as FORGETFUL_BUCKET
 from tests.runner.conftest import scripted_job, submit, wait_for, wait_terminal
 
 
@@ -60,6 +62,32 @@ def test_s3_killed_between_two_parts_of_a_multipart_upload_then_restarted(harnes
     body = boto3.client("s3").get_object(Bucket=OWN_BUCKET, Key="compiled/scripted-ml_c5.tar.gz")["Body"].read()
     assert len(body) == 20 * 2**20
     assert hashlib.blake2b(body).hexdigest() == job.artifact_digest, "ModelDigests.ArtifactDigest is S3's bytes"
+
+
+@pytest.mark.faults
+def test_s3_forgets_a_multipart_upload_between_two_parts(harness, aws_like_s3):
+    """Another client aborts the upload while the job pauses after part 1 (as a lifecycle rule
+    would); S3 answers part 2 with 404 NoSuchUpload, and the job starts the upload again."""
+    store, runner = harness()
+    job = publishing_job("forgotten", 60)  # 20 MiB: parts of 8, 8 and 4 MiB
+    job.request["OutputConfig"]["S3OutputLocation"] = f"s3://{FORGETFUL_BUCKET}/compiled"
+    job.request["Tags"][0]["Value"] = "pause-after-part=1:2 publish=20"
+    submit(store, runner, job)
+    wait_for(store, "forgotten", lambda j: j.stage_message == "uploaded part 1 of 3", timeout=30)
+    other = boto3.client("s3")
+    uploads = other.list_multipart_uploads(Bucket=FORGETFUL_BUCKET, Prefix="compiled/").get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["compiled/scripted-ml_c5.tar.gz"]
+    other.abort_multipart_upload(Bucket=FORGETFUL_BUCKET, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"])
+    job = wait_terminal(store, "forgotten", timeout=60)
+    assert job.status == Status.COMPLETED, job.failure_reason
+    log = (runner.config.job_dir("forgotten") / "job.log").read_text()
+    assert (f"S3 no longer knows upload {uploads[0]['UploadId']} (NoSuchUpload to UploadPart 2); "
+            "starting it again") in log
+    assert "storage unreachable" not in log, "a forgotten upload is no outage"
+    body = other.get_object(Bucket=FORGETFUL_BUCKET, Key="compiled/scripted-ml_c5.tar.gz")["Body"].read()
+    assert len(body) == 20 * 2**20
+    assert hashlib.blake2b(body).hexdigest() == job.artifact_digest, "ModelDigests.ArtifactDigest is S3's bytes"
+    assert not other.list_multipart_uploads(Bucket=FORGETFUL_BUCKET, Prefix="compiled/").get("Uploads")
 
 
 @pytest.mark.faults
