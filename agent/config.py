@@ -89,6 +89,10 @@ class VerifyConfig:
 DEFAULT_TUNING_SECONDS = 600.0
 DEFAULT_TUNING_MAX_SECONDS = 3600.0
 DEFAULT_TUNING_REST_OF_JOB_S = 180.0  # verify, benchmark, package and upload after the compile stage
+# All tuning databases together (state_dir/tuning). A convolution's workload takes about
+# 0.2 MiB (32 records and the workload itself); a model tunes 3-8 of them in 10 minutes, so
+# 64 MiB keeps some 300 workloads: dozens of models' worth before any is evicted.
+DEFAULT_TUNING_MAX_DATABASE_MB = 64
 
 
 @dataclasses.dataclass
@@ -99,6 +103,8 @@ class TuningConfig:
     max_seconds       no request tunes longer, whatever it asks: a device resource limit
     rest_of_job_seconds  kept from MaxRuntimeInSeconds for the stages after the compile
     database          remember records across jobs (state_dir/tuning), so a kernel is tuned once
+    max_database_mb   what the databases may take on disk together; past it the least recently
+                      used workloads are evicted (agent.compile.tuning.bound)
     share_uri         an S3 prefix (s3://bucket/prefix) where identical devices pool their
                       records: pulled before each job tunes, merged and pushed after
     """
@@ -107,6 +113,7 @@ class TuningConfig:
     max_seconds: float = DEFAULT_TUNING_MAX_SECONDS
     rest_of_job_seconds: float = DEFAULT_TUNING_REST_OF_JOB_S
     database: bool = True
+    max_database_mb: int = DEFAULT_TUNING_MAX_DATABASE_MB
     share_uri: str = ""
 
     def validate(self) -> None:
@@ -116,6 +123,9 @@ class TuningConfig:
                 raise ConfigError(f"tuning.{key}: must be a number of seconds, 0 or more; got {value!r}")
         if not isinstance(self.database, bool):
             raise ConfigError(f"tuning.database: must be true or false, got {self.database!r}")
+        size = self.max_database_mb
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"tuning.max_database_mb: must be a whole number of MiB, 1 or more; got {size!r}")
         if self.share_uri and not self.share_uri.startswith(("s3://", "file://")):
             raise ConfigError(f"tuning.share_uri: must be an s3:// (or file://) prefix, got {self.share_uri!r}")
         if self.share_uri and not self.database:

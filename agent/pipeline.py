@@ -239,7 +239,8 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
     shared: dict[str, Any] | None = None
     share_client = None
     if config.tuning.database:
-        database = tuning.open_database(config.state_dir, resolution.profile.name, target_desc)
+        database = tuning.open_database(config.state_dir, resolution.profile.name, target_desc,
+                                        max_mb=config.tuning.max_database_mb)
         if config.tuning.share_uri and budget.tunes:
             progress("compile", 0, f"pulling the fleet's tuning records from {config.tuning.share_uri}")
             share_client = _share_client(config)

@@ -43,6 +43,8 @@ def test_no_tuning_when_nothing_may_be_spent(options, seconds_left, settings):
     ({"max_seconds": float("inf")}, "tuning.max_seconds"),
     ({"share_uri": "https://example.com/x"}, "tuning.share_uri: must be an s3://"),
     ({"share_uri": "s3://b/p", "database": False}, "needs tuning.database = true"),
+    ({"max_database_mb": 0}, "tuning.max_database_mb: must be a whole number of MiB, 1 or more; got 0"),
+    ({"max_database_mb": 0.5}, "tuning.max_database_mb: must be a whole number of MiB"),
 ])
 def test_bad_tuning_settings_name_the_key(section, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.").replace("/", "/")):
@@ -53,9 +55,30 @@ def test_the_tuning_section_comes_from_the_file_and_the_environment(tmp_path, mo
     from agent.configfile import load_config
 
     path = tmp_path / "agent.toml"
-    path.write_text('[tuning]\ndefault_seconds = 1200\nshare_uri = "s3://fleet/tuning"\n')
+    path.write_text('[tuning]\ndefault_seconds = 1200\nshare_uri = "s3://fleet/tuning"\nmax_database_mb = 16\n')
     monkeypatch.delenv("NEO_AGENT_TUNING_DEFAULT_SECONDS")   # tests/conftest.py's 0 would win over the file
     monkeypatch.setenv("NEO_AGENT_TUNING_MAX_SECONDS", "2400")
     config = load_config(path)
     assert (config.tuning.default_seconds, config.tuning.max_seconds, config.tuning.share_uri) == \
         (1200, 2400, "s3://fleet/tuning")
+    assert config.tuning.max_database_mb == 16
+    monkeypatch.setenv("NEO_AGENT_TUNING_MAX_DATABASE_MB", "32")
+    assert load_config(path).tuning.max_database_mb == 32
+
+
+@pytest.mark.parametrize("file_value, env_value, words", [
+    ('"64"', None, r"agent\.toml:tuning\.max_database_mb: expected an integer, got a string"),
+    ("0", None, r"agent\.toml:tuning\.max_database_mb: must be a whole number of MiB, 1 or more; got 0"),
+    (None, "lots", r"NEO_AGENT_TUNING_MAX_DATABASE_MB: cannot read 'lots' as int"),
+    (None, "-1", r"tuning\.max_database_mb \(NEO_AGENT_TUNING_MAX_DATABASE_MB\): must be a whole number"),
+])
+def test_a_bad_database_bound_is_refused_by_name_from_the_file_and_the_environment(tmp_path, monkeypatch,
+                                                                                   file_value, env_value, words):
+    from agent.configfile import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f"[tuning]\nmax_database_mb = {file_value}\n" if file_value else "")
+    if env_value is not None:
+        monkeypatch.setenv("NEO_AGENT_TUNING_MAX_DATABASE_MB", env_value)
+    with pytest.raises(ConfigError, match=words):
+        load_config(path)

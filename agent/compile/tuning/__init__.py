@@ -2,13 +2,14 @@
 
     tune_and_build(mod, target, out_dir, budget_s=..., trials=..., database=db, layout=...)
         -> TunedBuild: build.Built plus .tuning, the report for metrics.json     (loop.py)
-    open_database(state_dir, profile, tvm_config) -> TuningDatabase                (database.py)
+    open_database(state_dir, profile, tvm_config, max_mb) -> TuningDatabase       (database.py)
     db.pull(s3_prefix) / db.push(s3_prefix)       share records among identical devices
     job_budget(options, tuning_config, seconds_left) -> Budget   what a job's compile may spend
 
 The modules: loop (the steps), plan (trials per kernel by latency share), search (MetaSchedule,
 one task at a time, and the rule-vs-tuned measurement), profile (per-kernel time of a build),
-database (the records on disk and in S3). TVM is imported inside functions.
+database (the records on disk and in S3), bound (what the databases may take on disk). TVM
+is imported inside functions.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.compile.tuning import bound
 from agent.compile.tuning.database import DatabaseKey, TuningDatabase
 from agent.compile.tuning.loop import TunedBuild, tune_and_build
+from agent.config import DEFAULT_TUNING_MAX_DATABASE_MB
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.config import TuningConfig
@@ -25,9 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 DATABASE_DIR = "tuning"   # under the agent's state directory
 
 
-def open_database(state_dir: Path, profile: str, tvm_config: dict[str, Any]) -> TuningDatabase:
-    """The database for this target: state_dir/tuning/<profile-cpu-cores-hash>/."""
-    return TuningDatabase(Path(state_dir) / DATABASE_DIR, DatabaseKey.for_target(profile, tvm_config))
+def open_database(state_dir: Path, profile: str, tvm_config: dict[str, Any],
+                  max_mb: int = DEFAULT_TUNING_MAX_DATABASE_MB) -> TuningDatabase:
+    """The database for this target: state_dir/tuning/<profile-cpu-cores-hash>/, with every
+    database there together kept within `max_mb` MiB (tuning.max_database_mb). Temporary
+    files that killed writes and pulls left in any of them go first."""
+    root = Path(state_dir) / DATABASE_DIR
+    bound.remove_stale_files(root)
+    return TuningDatabase(root, DatabaseKey.for_target(profile, tvm_config), max_bytes=int(max_mb) * 2**20)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The tuning database: MetaSchedule's records, kept across jobs, one per kind of machine.
 
     key = DatabaseKey.for_target(profile, tvm_config)   what the records are valid for
-    db = TuningDatabase(state_dir / "tuning", key)      state_dir/tuning/<key.name>/database.json
-    db.load() -> Snapshot(entries, stats, models)       read under a shared lock
-    db.merge(Snapshot(...))                             under the exclusive lock; write, then rename
+    db = TuningDatabase(state_dir / "tuning", key, max_bytes=...)   state_dir/tuning/<key.name>/database.json
+    db.load(using=workloads) -> Snapshot(entries, stats, models)   read under a shared lock
+    db.merge(Snapshot(...), keep=workloads)             under the exclusive lock; write, then rename
     db.pull(uri) / db.push(uri)                         share through S3 (pushing is opt-in)
 
 Why a key of our own: TVM applies a record to any workload with the same structure and
@@ -19,10 +19,12 @@ whole), holding per workload (TVM's structural hash of the PrimFunc, normalized 
     mod       the workload as TVM serializes it (Workload.as_json()[1])
     trials    how many candidates the agent has measured for it, over all jobs: what
               "never tune an operator twice" is checked against
-    records   the best RECORDS_KEPT TuningRecord.as_json(), fastest first
+    records   the best RECORDS_KEPT records as search.record_json() writes them, fastest first
     choice    the last comparison of the best record with the agent's rule schedule:
               {"rule", "record", "rule_us", "tuned_us", "winner", "at"}; valid while the
               rule version and the best record are the ones compared
+    used      when a job last tuned or applied it (at most USE_RESOLUTION_S old while it is
+              in use): what the bound evicts by. Files from before it have none, and load.
 
 Beside the workloads: "stats", what tuning costs on this kind of machine
 ({"seconds_per_trial", "at"}); and "models", per model (the hash of its workloads) the plan
@@ -31,8 +33,9 @@ recompile with the same budget follows the same plan instead of a new one drawn 
 profile, and finds it met.
 
 Merging (local updates and pulls alike) unions records by trace, keeps the fastest, takes
-the larger trial count and the newer choice, stats and plan, so merging the same data twice
-changes nothing.
+the larger trial count, the newer choice, stats and plan and the later use, so merging the
+same data twice changes nothing. Every write keeps the databases within their bound on disk,
+evicting whole workloads least recently used first (agent.compile.tuning.bound).
 Nothing here imports TVM.
 """
 from __future__ import annotations
@@ -49,7 +52,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,10 @@ RECORDS_KEPT = 32        # the evolutionary search starts from the best of these
 MAX_PULL_BYTES = 256 * 2**20
 MISSING_OBJECT = ("S3 object does not exist", "File does not exist")  # agent.storage's words
 FAILED_RUN_S = 1e9       # MetaSchedule's run time for a candidate that failed to build or run
+USE_RESOLUTION_S = 3600  # a use is recorded when the last is older: a warm recompile rarely rewrites the file
+SEPARATORS = (",", ":")
+# What a write (mkstemp), a pull and a push leave behind when they are killed before cleaning up.
+TEMP_PATTERNS = (f".{FILE_NAME}.*.tmp", ".pull-*", ".push-*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +107,22 @@ def _version(dist: str) -> str:
 
 @dataclasses.dataclass
 class Entry:
-    """One workload's records, trial count and last rule-vs-tuned choice."""
+    """One workload's records, trial count, last rule-vs-tuned choice and last use."""
 
     name: str
     mod: str
     trials: int = 0
     records: list = dataclasses.field(default_factory=list)
     choice: dict | None = None
+    used: str = ""   # now_iso() of the last job that tuned or applied it; "" in older files
 
     def best(self) -> list | None:
         return self.records[0] if self.records else None
+
+    def last_used(self) -> str:
+        """When a job last used it, as far as the file knows: a file from before `used` has
+        at least the time of the last comparison; else "", older than any time."""
+        return self.used or str((self.choice or {}).get("at", ""))
 
     def merged(self, other: "Entry") -> "Entry":
         seen: dict[str, list] = {}
@@ -119,7 +132,7 @@ class Entry:
         records = sorted(seen.values(), key=_mean_run_s)[:RECORDS_KEPT]
         choices = [c for c in (self.choice, other.choice) if c]
         return Entry(self.name or other.name, self.mod or other.mod, max(self.trials, other.trials), records,
-                     max(choices, key=lambda c: c.get("at", "")) if choices else None)
+                     max(choices, key=lambda c: c.get("at", "")) if choices else None, max(self.used, other.used))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,7 +140,7 @@ class Entry:
     @classmethod
     def from_json(cls, data: dict) -> "Entry":
         return cls(str(data.get("name", "")), str(data["mod"]), int(data.get("trials", 0)),
-                   list(data.get("records", [])), data.get("choice"))
+                   list(data.get("records", [])), data.get("choice"), str(data.get("used") or ""))
 
 
 def record_id(record: list) -> str:
@@ -145,13 +158,23 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-class TuningDatabase:
-    """The database directory of one key; see the module docstring."""
+def _iso_before(seconds: float) -> str:
+    then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
+    return then.isoformat(timespec="milliseconds")
 
-    def __init__(self, root: Path, key: DatabaseKey):
+
+class TuningDatabase:
+    """The database directory of one key; see the module docstring.
+
+    max_bytes  what the databases under `root` may take together (tuning.max_database_mb);
+               None: no bound (a database of its own, for a benchmark or a test)
+    """
+
+    def __init__(self, root: Path, key: DatabaseKey, max_bytes: int | None = None):
         self.key = key
         self.dir = Path(root) / key.name
         self.path = self.dir / FILE_NAME
+        self.max_bytes = max_bytes
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
@@ -170,15 +193,32 @@ class TuningDatabase:
         """No record was ever written here (nothing a job could apply)."""
         return not self.path.exists()
 
-    def load(self) -> "Snapshot":
+    def load(self, using: Collection[str] = ()) -> "Snapshot":
+        """What the file holds. `using`: the workloads a job is about to apply or tune; their
+        use is recorded (a write, when the last recorded use is over USE_RESOLUTION_S old), so
+        that the bound evicts others first. A failed write only costs that record."""
         with self._locked(exclusive=False):
-            return self._read(self.path)
+            snapshot = self._read(self.path)
+        stale = _iso_before(USE_RESOLUTION_S)
+        touched = {w: dataclasses.replace(entry, used=now_iso()) for w, entry in snapshot.entries.items()
+                   if w in using and entry.used < stale}
+        if touched:
+            try:
+                self.merge(Snapshot(touched), keep=using)
+            except OSError as exc:
+                log.warning("could not record the use of %d workloads in %s: %s", len(touched), self.path, exc)
+            snapshot.entries.update(touched)
+        return snapshot
 
-    def merge(self, update: "Snapshot") -> "Snapshot":
-        """Merge `update` into the file; returns what the file now holds."""
+    def merge(self, update: "Snapshot", keep: Collection[str] = ()) -> "Snapshot":
+        """Merge `update` into the file; returns what the file now holds. A write that would
+        pass the bound evicts least recently used workloads, those in `keep` (the writing
+        job's) last: see agent.compile.tuning.bound."""
+        from agent.compile.tuning import bound  # it imports this module
+
         with self._locked(exclusive=True):
-            merged = self._read(self.path).merged(update)
-            self._write(merged)
+            merged, text = bound.fit(self, self._read(self.path).merged(update), keep)
+            self._write(text)
             return merged
 
     def _read(self, path: Path) -> "Snapshot":
@@ -207,16 +247,20 @@ class TuningDatabase:
         return Snapshot(entries, stats if isinstance(stats, dict) else {},
                         models if isinstance(models, dict) else {})
 
-    def _document(self, snapshot: "Snapshot") -> dict:
-        return {"format": FORMAT, "key": self.key.fields, "stats": snapshot.stats, "models": snapshot.models,
-                "workloads": {h: snapshot.entries[h].to_json() for h in sorted(snapshot.entries)}}
+    def text(self, snapshot: "Snapshot") -> str:
+        """The file's text for `snapshot` (ASCII: its length is its size on disk)."""
+        return json.dumps({"format": FORMAT, "key": self.key.fields, "stats": snapshot.stats,
+                           "models": snapshot.models,
+                           "workloads": {h: snapshot.entries[h].to_json() for h in sorted(snapshot.entries)}},
+                          separators=SEPARATORS)
 
-    def _write(self, snapshot: "Snapshot") -> None:
-        """Write then rename: a reader, or a crash, sees the old file or the new, never half."""
+    def _write(self, text: str) -> None:
+        """Write then rename: a reader, or a crash, sees the old file or the new, never half.
+        A crash before the rename leaves the temporary file: bound.remove_stale_files."""
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{FILE_NAME}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(self._document(snapshot), out, separators=(",", ":"))
+                out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -238,7 +282,8 @@ class TuningDatabase:
 
     def pull(self, prefix_uri: str, *, patience=None, client=None) -> int:
         """Merge the fleet's records (prefix_uri/<key name>/database.json) into this one;
-        returns how many workloads the remote held. A missing object is an empty fleet."""
+        returns how many workloads the remote held. A missing object is an empty fleet. What
+        the bound has no room for is evicted as in any write, least recently used first."""
         from agent.errors import ClientError
         from agent.storage import download
 
@@ -261,7 +306,9 @@ class TuningDatabase:
     def push(self, prefix_uri: str, *, patience=None, client=None) -> int:
         """Pull and merge first (so a device does not overwrite what others pushed since),
         then upload the merged file; returns how many workloads it holds. Two devices
-        pushing at the same moment can still lose one's new records: they are tuned again."""
+        pushing at the same moment can still lose one's new records: they are tuned again.
+        What this device's bound evicted leaves the object too, until a device that still
+        holds it pushes."""
         from agent.storage import upload
 
         self.pull(prefix_uri, patience=patience, client=client)
@@ -270,7 +317,7 @@ class TuningDatabase:
             snapshot = self._read(self.path)
             with tempfile.TemporaryDirectory(dir=self.dir, prefix=".push-") as tmp:
                 copy = Path(tmp) / FILE_NAME
-                copy.write_text(json.dumps(self._document(snapshot), separators=(",", ":")))
+                copy.write_text(self.text(snapshot))
                 upload(copy, uri, patience=patience, client=client)
         log.info("pushed %d workloads' tuning records to %s", len(snapshot.entries), uri)
         return len(snapshot.entries)

@@ -2,7 +2,8 @@
 their database entries, the plan, the searches, the rule-vs-tuned comparisons, the report.
 
 Every result goes into the database as soon as it exists (a job killed later keeps what it
-paid for) and into this job's snapshot of it.
+paid for) and into this job's snapshot of it. The job's workloads are marked used when it
+loads them and are the last the database's bound evicts while it writes.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class TuningJob:
             else:
                 self.tasks[workload] = Task(workload, wmod, mod_json, [name])
             self.kernel_names.append(name)
-        snapshot = self.database.load() if self.database else Snapshot()
+        snapshot = self.database.load(using=self.tasks) if self.database else Snapshot()
         self.entries, self.model_plan = snapshot.entries, snapshot.models.get(self.model_id())
         if snapshot.stats.get("seconds_per_trial"):
             self.seconds_per_trial = float(snapshot.stats["seconds_per_trial"])
@@ -248,7 +249,7 @@ class TuningJob:
         held = self.entries.get(workload)
         spent = result.trials if result.stopped_by_deadline or result.error else max(asked, result.trials)
         entry = Entry(task.kernels[0], task.mod_json, (held.trials if held else 0) + spent,
-                      result.records, held.choice if held else None)
+                      result.records, held.choice if held else None, now_iso())
         self._save({workload: entry}, stats=stats)
         row.update(trials_new=row["trials_new"] + result.trials, trials_total=self.entries[workload].trials,
                    seconds=round(result.seconds, 1), stopped_by_deadline=result.stopped_by_deadline)
@@ -298,12 +299,11 @@ class TuningJob:
 
     def _save(self, entries: dict[str, Entry], *, stats: dict | None = None, models: dict | None = None) -> None:
         """Into the database at once (a job killed later keeps what it paid for), and into
-        this job's snapshot."""
-        if self.database:
-            merged = self.database.merge(Snapshot(entries, stats or {}, models or {})).entries
-        else:
-            merged = {w: e.merged(e) for w, e in entries.items()}
-        self.entries.update({w: merged[w] for w in entries})
+        this job's snapshot. An entry the database's bound had no room for even so (a bound
+        smaller than this model's workloads) stays in the snapshot, for this job only."""
+        merged = self.database.merge(Snapshot(entries, stats or {}, models or {}), keep=self.tasks).entries \
+            if self.database else {}
+        self.entries.update({w: merged[w] if w in merged else e.merged(e) for w, e in entries.items()})
 
     # --- the report --------------------------------------------------------------------------
     def report(self, start: float, stopped: str) -> dict[str, Any]:
