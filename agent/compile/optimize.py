@@ -33,7 +33,12 @@ in this order, all inside `with target:` (LegalizeOps and the schedules read it)
     the "zero" pipeline  LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR:
                          operators become PrimFuncs, elementwise chains fused into their
                          producers (TVM's default CPU build does no fusion at all)
+    mark_weights         each PrimFunc's constant arguments (the weights) marked
+                         `layout_free_buffers`: the tile schedule may store them packed
     schedule_module      agent.compile.schedule: a CPU schedule for every PrimFunc
+
+and then, in agent.compile.build before every build, `pack_weights`: the packed weights the
+schedules asked for computed once, at compile time.
 
 The report is schedule_module's with the layout added; it goes into metrics.json as
 "schedule". Everything here is deterministic: the same model, target and layout give the
@@ -95,7 +100,62 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
-        return relax.get_pipeline("zero")(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        return mark_weights(mod)
+
+
+def mark_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Give each PrimFunc the `layout_free_buffers` attribute: the indices of its arguments
+    that are constants (the model's weights) at every call, which schedule._pack_weights may
+    store in another layout. TVM's AttachAttrLayoutFreeBuffers does the same but renames every
+    PrimFunc of the module (softmax -> softmax1), and the names are what metrics.json and the
+    tuning profile report."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    constant: dict[Any, set[int]] = {}
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        bound: dict[Any, Any] = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                bound[binding.var] = binding.value
+                call = binding.value
+                if not isinstance(call, relax.Call) or call.op != call_tir:
+                    continue
+                args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else [call.args[1]]
+                weights = {i for i, arg in enumerate(args)
+                           if isinstance(bound.get(arg, arg), tvm.ir.expr.Constant)}
+                gvar = call.args[0]
+                constant[gvar] = constant[gvar] & weights if gvar in constant else weights
+    mod = mod.clone()
+    for gvar, indices in constant.items():
+        if indices:
+            mod[gvar] = mod[gvar].with_attr("layout_free_buffers", sorted(indices))
+    return mod
+
+
+def pack_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Compute now the weight layouts the schedules asked for (schedule._pack_weights).
+
+    A schedule that packs weights leaves a block in its PrimFunc that rewrites a
+    `layout_free_buffers` argument into the packed layout. SplitLayoutRewritePreproc moves
+    each such block into a function of its own, called on the weight before the kernel, and
+    FoldConstant runs those calls on the model's constant weights, so the module carries the
+    packed weights and the kernels read them directly. A no-op for a module with no such
+    blocks.
+    """
+    from tvm import relax
+
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)  # a split kernel is named <name>_prepacked
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    unfolded = sorted(g.name_hint for g in mod.get_global_vars() if g.name_hint.endswith("_weight_prepack"))
+    if unfolded:  # FoldConstant skips what it cannot build: those weights are packed at every inference
+        log.warning("weights repacked at run time, not at compile time, by %s", ", ".join(unfolded))
+    return mod
 
 
 def _mutate(mod: "tvm.IRModule", mutator_class: Any) -> tuple["tvm.IRModule", Any]:

@@ -179,7 +179,32 @@ def tile_rule(func: Any, target: Any, lanes: int) -> "tuple[s_tir.Schedule, str]
             sch, _ = _attempt(sch, lambda s: _injective(s, s.get_sblock(name), lanes))
     if not reductions:
         return sch, "injective"
+    if tiled:
+        sch, _ = _attempt(sch, _pack_weights)
     return sch, "tiled" if tiled else "reduction_parallel"
+
+
+def _pack_weights(sch: "s_tir.Schedule") -> bool:
+    """Weights laid out in the order the tile reads them: each tile column's weights one
+    contiguous panel (a [N, K] matmul weight becomes [N/16, K, 16]; HWIO convolution weights
+    [O/16, H, W, I, 16]), instead of one 64-byte run every K floats apart.
+
+    MetaSchedule's RewriteLayout post-processor derives the layout from the loop nest and
+    adds a block that rewrites the weights; it acts on the buffers fusion marked
+    `layout_free_buffers` (optimize.mark_weights: the model's constants), so only
+    weights are packed. The rewriting block is split off and computed at compile time by
+    agent.compile.build (SplitLayoutRewritePreproc, FoldConstant): the model ships packed
+    weights, and inference never repacks. On a 2-core AVX2 machine it took a 128x768x3072
+    matmul from 34 to 84 GFLOPS.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    func = sch.mod["main"]
+    if func.attrs is None or not func.attrs.get("layout_free_buffers"):
+        return False
+    if not ms.postproc.RewriteLayout().apply(sch):
+        raise ValueError("RewriteLayout refused the schedule")
+    return True
 
 
 def _is_row_reduction(block: Any) -> bool:

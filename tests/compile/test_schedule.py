@@ -159,3 +159,63 @@ def test_a_conv2d_transpose_whose_kernel_is_its_stride_becomes_a_matmul(tmp_path
     x = rng.standard_normal((1, 6, 9, 11)).astype(np.float32)
     got = runtime.load(compile_artifact(path, tmp_path / "out", layout=layout)).run({"x": x})
     np.testing.assert_allclose(got[0], onnxruntime_outputs(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def constant_weights_module(weights: dict[str, np.ndarray]):
+    """tiny_module with w, b and m bound as constants, as a model's weights are."""
+    from tvm import relax
+
+    mod = tiny_module()
+    return relax.transform.BindParams("main", {name: value for name, value in weights.items()})(mod)
+
+
+def test_constant_weights_are_packed_at_compile_time_and_give_the_same_outputs(target, inputs, expected):
+    """mark_weights marks the constants; the tile rule asks for panels; pack_weights computes them
+    once (no repacking function is left for inference) and the kernels read them packed."""
+    import tvm
+    from tvm import relax
+
+    from agent.compile import build, optimize
+
+    x, *weights = inputs
+    with target:
+        fused = optimize.mark_weights(relax.get_pipeline("zero")(
+            constant_weights_module(dict(zip(["w", "b", "m"], weights)))))
+    marked = {name: [int(i) for i in func.attrs["layout_free_buffers"]] for name, func in kernels(fused).items()
+              if func.attrs is not None and "layout_free_buffers" in func.attrs}
+    assert marked and all(indices for indices in marked.values())  # the conv's and the matmul's weights
+
+    scheduled, _ = schedule.schedule_module(fused, target)
+    with target:
+        packed = optimize.pack_weights(scheduled)
+    names = [gvar.name_hint for gvar in packed.get_global_vars()]
+    assert any(name.endswith("_prepacked") for name in names), names
+    assert not any(name.endswith("_weight_prepack") for name in names), names  # folded, not run per inference
+
+    vm = relax.VirtualMachine(build.build(scheduled, target), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_record_of_a_schedule_that_packs_weights_survives_json(fused, target):
+    """TuningRecord.as_json() cannot write the IndexMap of RewriteLayout's TransformLayout;
+    record_json can, and TVM reads it back to the same schedule."""
+    import json
+
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from agent.compile.tuning.search import record_json
+
+    func = kernels(fused)["matmul"].with_attr("layout_free_buffers", [1])
+    sch, _ = schedule.tile_rule(func, target, schedule.vector_lanes(target))
+    assert any(inst.kind.name == "TransformLayout" for inst in sch.trace.insts)
+    workload = ms.database.Workload(tvm.IRModule({"main": func}))
+    record = ms.database.TuningRecord(sch.trace, workload, [0.001], target)
+    with pytest.raises(TypeError):
+        record.as_json()
+    back = ms.database.TuningRecord.from_json(json.loads(json.dumps(record_json(record))), workload)
+    replayed = s_tir.Schedule(tvm.IRModule({"main": func}))
+    back.trace.apply_to_schedule(replayed, remove_postproc=False)
+    tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
+

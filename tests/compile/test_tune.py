@@ -263,7 +263,9 @@ def test_tuning_keeps_to_its_budget_and_a_recompile_reuses_its_records(tiny, tmp
     report = first.tuning
     assert report["trials_measured"] > 0 and report["database"]["workloads"] > 0
     assert {r["used"] for r in report["tasks"]} <= {"tuned", "rule"}
-    assert first.schedule["naive"] == []  # kernels without trials, or that lost, keep their rule schedules
+    # Kernels without trials, or whose tuned schedule lost, keep their rule schedules; a tuned one
+    # that won may be serial (the Gemm's 1x10 output is too small to be worth a parallel loop).
+    assert set(first.schedule["naive"]) <= set(first.schedule["tuned"])
     for row in report["tasks"]:
         if row["trials_new"]:
             assert row["rule_us"] is not None and row["tuned_us"] is not None

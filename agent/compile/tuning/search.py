@@ -70,7 +70,7 @@ class Task:
 class TaskResult:
     trials: int                     # candidates measured in this call
     seconds: float
-    records: list                   # TuningRecord.as_json(), fastest first, failures dropped
+    records: list                   # record_json() of each, fastest first, failures dropped
     stopped_by_deadline: bool = False
     error: str | None = None
 
@@ -107,6 +107,35 @@ def workload_of(func: Any) -> tuple["tvm.IRModule", str, str]:
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True)})
     shash, mod_json = ms.database.MemoryDatabase().commit_workload(mod).as_json()
     return mod, str(shash), str(mod_json)
+
+
+def record_json(record: Any) -> list:
+    """A TuningRecord as JSON-ready lists, the form TuningRecord.from_json reads back.
+
+    TuningRecord.as_json() cannot write a trace that holds an IndexMap (the TransformLayout of
+    MetaSchedule's RewriteLayout, which packs weights): its converter knows only numbers,
+    strings, arrays and maps. The trace reader takes an IndexMap as its JSON graph in a
+    string, which is what TVM's own JSON database writes, so that is what this writes.
+    """
+    import tvm
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.tirx import FloatImm, IndexMap, IntImm
+    from tvm_ffi import Array, Map
+
+    def plain(obj: Any) -> Any:
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        if isinstance(obj, (IntImm, FloatImm)):
+            return obj.value
+        if isinstance(obj, IndexMap):
+            return tvm.ir.save_json(obj)
+        if isinstance(obj, Array):
+            return [plain(item) for item in obj]
+        if isinstance(obj, Map):
+            return {plain(key): plain(value) for key, value in obj.items()}
+        raise TypeError(f"a tuning record holds a {type(obj).__name__}, which has no JSON form here")
+
+    return plain(_ffi_api.TuningRecordAsJSON(record))
 
 
 def apply_record(wmod: "tvm.IRModule", record: list) -> Any:
@@ -205,7 +234,7 @@ class Searcher:
 
                 error = summarize_error(exc, 300)
                 log.warning("tuning %s failed: %s", task.kernels[0], error)
-        records = [r.as_json() for r in database.get_top_k(workload, len(seed_records) + trials)]
+        records = [record_json(r) for r in database.get_top_k(workload, len(seed_records) + trials)]
         return TaskResult(stopper.trials, time.time() - start, records, stopper.stopped, error)
 
     def compare(self, pairs: list[tuple["tvm.IRModule", "tvm.IRModule"]]) -> list[tuple[float, float]]:
@@ -222,7 +251,7 @@ class Searcher:
         mods = [mod for pair in pairs for mod in pair]
         with _quiet_metaschedule():
             built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
-            args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod in mods]
+            args = [ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True) for mod in mods]
             order = [i for p in range(len(pairs)) for i in ((2 * p, 2 * p + 1) if p % 2 else (2 * p + 1, 2 * p))]
             order += list(reversed(order))
             times: dict[int, list[float]] = {i: [] for i in range(len(mods))}
