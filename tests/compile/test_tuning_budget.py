@@ -82,3 +82,21 @@ def test_a_bad_database_bound_is_refused_by_name_from_the_file_and_the_environme
         monkeypatch.setenv("NEO_AGENT_TUNING_MAX_DATABASE_MB", env_value)
     with pytest.raises(ConfigError, match=words):
         load_config(path)
+
+
+@pytest.mark.parametrize("window_s, batch", [
+    (10_000, 64),   # plenty of time: TVM's usual round of 64
+    (200, 48),      # (200 - 5 s of set-up) / (4 x 1 s): a round fits even at 4x the average cost
+    (40, 8),        # a nearly spent budget still measures a useful round
+])
+def test_a_search_round_fits_in_what_is_left_even_for_a_costly_task(window_s, batch):
+    """The deadline is checked between rounds: a round sized for the average cost per candidate
+    ran 100 s past it on a task whose candidates cost 4x that, and left no time to compare."""
+    import time
+
+    from agent.compile.tuning.job import TuningJob
+
+    job = TuningJob(None, None, float("inf"), None, 64, 1)
+    job.seconds_per_trial = 1.0
+    assert job._batch(time.time() + window_s) == batch
+    assert job._batch(float("inf")) == 64

@@ -32,6 +32,8 @@ REUSE_FRACTION = 0.75             # records for 75 % of the planned trials: not 
 REBUILD_FACTOR = 1.5              # the final build and export, as a multiple of step 3's build
 COMPARE_S_PER_TASK = 8.0          # step 5, per workload: two builds and 2 x 7 short runs
 SAFETY_S = 10.0
+COST_SPREAD = 4.0                 # a task's candidates may cost this many times the average
+MIN_BATCH = 8                     # below this a search round learns too little to be worth it
 PLAN_SLACK = 1.25                 # a budget up to 25 % larger than the last plan's reuses that plan
 
 
@@ -206,11 +208,25 @@ class TuningJob:
                           f"{100 * self.shares.get(workload, 0):.0f}% of latency): {trials} trials")
             entry = self.entries.get(workload)
             result = self._searcher_().tune(self.tasks[workload], trials=trials, deadline=tune_until,
-                                           seed_records=entry.records if entry else [])
+                                           seed_records=entry.records if entry else [],
+                                           batch=self._batch(tune_until))
             self._record(workload, result, trials)
             if result.stopped_by_deadline:
                 return False
         return True
+
+    def _batch(self, tune_until: float) -> int:
+        """Candidates per search round for the next task: the deadline is checked between
+        rounds, so one round must fit in the time left even if this task's candidates cost
+        COST_SPREAD times the average so far. (PP-OCRv4 rec's softmax took 2.1 s a candidate
+        where the model's average was 0.5 s: one round of 64 ran 100 s past the deadline and
+        left no time to compare what had been tuned.)"""
+        from agent.compile.tuning.search import TRIALS_PER_BATCH
+
+        if tune_until == float("inf"):
+            return TRIALS_PER_BATCH
+        window_s = tune_until - time.time() - TASK_START_S
+        return int(max(MIN_BATCH, min(TRIALS_PER_BATCH, window_s / (COST_SPREAD * self.seconds_per_trial))))
 
     def _held(self, workload: str) -> int:
         entry = self.entries.get(workload)

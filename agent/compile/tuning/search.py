@@ -200,8 +200,10 @@ class Searcher:
             self.cost_model = ms.cost_model.XGBModel(num_tuning_cores=self.cores, tree_method="auto")
         self._compare_runner = None
 
-    def tune(self, task: Task, *, trials: int, deadline: float, seed_records: list) -> TaskResult:
-        """Up to `trials` new candidates for `task`, stopping between batches at `deadline`."""
+    def tune(self, task: Task, *, trials: int, deadline: float, seed_records: list,
+             batch: int = TRIALS_PER_BATCH) -> TaskResult:
+        """Up to `trials` new candidates for `task`, `batch` at a time, stopping between
+        batches at `deadline` (so a batch may end past it: a smaller batch, a smaller overrun)."""
         from tvm.s_tir import meta_schedule as ms
 
         start = time.time()
@@ -209,7 +211,7 @@ class Searcher:
         workload = database.commit_workload(task.mod)
         for record in seed_records:  # the search starts from the best known schedules
             database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
-        batch = min(trials, TRIALS_PER_BATCH)
+        batch = max(1, min(trials, batch))
         population = min(max(POPULATION_PER_TRIAL * batch, POPULATION_RANGE[0]), POPULATION_RANGE[1])
         stopper = _deadline_callback(deadline)
         error = None
