@@ -135,7 +135,7 @@ def test_metrics_contract(sample_run):
     assert [o["name"] for o in v["outputs"]] == ["logits", "probabilities"]
     assert m["compile_seconds"] > 0 and set(m["compile_breakdown_s"]) == {"load", "fold", "import", "optimize",
                                                                           "build", "export"}
-    assert m["schedule"]["layout"] == "NHWC" and m["schedule"]["rule"] == "cpu-tile/1"
+    assert m["schedule"]["layout"] == "NHWC" and m["schedule"]["rule"] == "cpu-tile/2"
     assert m["schedule"]["functions"] > 0 and m["schedule"]["naive"] == [] and m["schedule"]["unscheduled"] == []
     assert m["target"]["num-cores"] >= 1 and m["device"]["cpu"]
     assert m["tuned"] is False and m["method"]["min_iterations"] == 5

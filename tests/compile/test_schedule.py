@@ -219,3 +219,32 @@ def test_a_record_of_a_schedule_that_packs_weights_survives_json(fused, target):
     back.trace.apply_to_schedule(replayed, remove_postproc=False)
     tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
 
+
+
+@pytest.mark.parametrize("kernel, rows, predicated", [(3, 4, True), (1, 7, False)])
+def test_row_tiles_on_a_7x7_map_follow_the_reduction(target, kernel, rows, predicated):
+    """A 3x3 convolution on a 7x7 map takes 4-row tiles, the last one predicated (4 + 3);
+    a 1x1 convolution, bound by streaming its weights, takes 7-row tiles. Both compute what
+    the unscheduled kernel does."""
+    import tvm
+    from tvm import relax
+
+    shapes = {"x": (1, 7, 7, 16), "w": (kernel, kernel, 16, 32)}
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            pad = kernel // 2
+            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], padding=[pad] * 4,
+                                                         data_layout="NHWC", kernel_layout="HWIO"))
+        builder.emit_func_output(out)
+    with target:
+        fused = relax.get_pipeline("zero")(builder.get())
+    mod, report = schedule.schedule_module(fused, target)
+    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
+    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    assert f"T.unroll(T.int64({rows}))" in conv
+    assert ("T.where(" in conv) == predicated
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
+    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
