@@ -17,7 +17,11 @@ threads. Per model and budget B (seconds):
     warm-B    the same request again on that database: a recompile
 
 Every job measures onnxruntime again beside TVM, so each ratio compares two engines timed in
-the same minute. Results go to benchmarks/results/suite/<model>.json, merged with what earlier
+the same minute. Then, per model, the artifacts of all its jobs and onnxruntime are timed side by
+side: SIDE_ROUNDS rounds, each engine once per round in its own process, the order rotated from
+round to round, the median of the rounds' p50s kept. That is the fair comparison of rule, tuned
+and warm builds with each other (the warm recompile's target is its tuned latency within 5 %):
+jobs minutes apart on this 2-core VM differ by more than that when anything else runs. Results go to benchmarks/results/suite/<model>.json, merged with what earlier
 runs left there (a run with other budgets or models adds to it), with the command, the
 machine and its load. `report` makes the table and the chart from those files alone.
 """
@@ -111,13 +115,55 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                 state = tmp / f"state-{budget}"   # a fresh tuning database per budget
                 plan += [(f"tuned-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S),
                          (f"warm-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S)]
+            artifacts = {}
             for label, state, options, runtime_s in plan:
                 variant = run_job(state, tmp, name, label, archive, input_name, shape, options, runtime_s, bench)
+                artifacts.update(_keep_artifact(tmp, label, variant))
                 variant.update(command="python " + " ".join(sys.argv), machine=machine(), commit=commit(),
                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
                 result["variants"][label] = variant
                 result_path.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{name} {label}: {line(variant)}", flush=True)
+            if artifacts:
+                result["side_by_side"] = side_by_side(path, artifacts, input_name, shape, tmp, bench.threads)
+                result_path.write_text(json.dumps(result, indent=1) + "\n")
+                print(f"{name} side by side: {result['side_by_side']['p50_ms']}", flush=True)
+
+
+SIDE_ROUNDS = 5
+
+
+def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
+    """The job's artifact, moved aside before the next job of the model writes its own there."""
+    if variant["status"] != "COMPLETED":
+        return {}
+    built = max((tmp / "out").glob("*.tar.gz"), key=lambda f: f.stat().st_mtime)
+    kept = tmp / "artifacts" / f"{label}.tar.gz"
+    kept.parent.mkdir(exist_ok=True)
+    built.rename(kept)
+    return {label: kept}
+
+
+def side_by_side(model: Path, artifacts: dict[str, Path], input_name: str, shape: list[int], tmp: Path,
+                 threads: int) -> dict:
+    """Every build of one model and onnxruntime timed in turn (see the module docstring)."""
+    import numpy as np
+
+    from agent.bench import make_inputs, run_engine, save_npz
+    from agent.config import BenchConfig
+
+    bench = BenchConfig(min_iterations=30, min_seconds=3.0, max_seconds=60, threads=threads)
+    inputs = save_npz(tmp / "side-inputs.npz", make_inputs([{"name": input_name, "shape": shape, "dtype": "float32"}]))
+    engines = [("onnxruntime", "onnxruntime", model)] + [(label, "tvm", path) for label, path in artifacts.items()]
+    rounds: dict[str, list[float]] = {label: [] for label, _, _ in engines}
+    for index in range(SIDE_ROUNDS):
+        shift = index % len(engines)
+        for label, engine, source in engines[shift:] + engines[:shift]:
+            measured = run_engine(engine, source, inputs, threads=threads, bench=bench, timeout_s=600)
+            rounds[label].append(round(measured["latency_ms"]["p50"], 3))
+    return {"rounds": SIDE_ROUNDS, "threads": threads, "p50_ms": {k: float(np.median(v)) for k, v in rounds.items()},
+            "per_round_p50_ms": rounds, "load_average": os.getloadavg()[0],
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def commit() -> str:
@@ -205,8 +251,9 @@ def markdown(results: list[dict]) -> str:
         full = len(ratios) == len(results)
         geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**" + ("" if full else
                    f" ({len(ratios)} of {len(results)})") if ratios else "-")
-    lines += ["| geometric mean | | | " + " | ".join(geo) + " |", "",
-              "## Compile, tuning and memory", "",
+    lines += ["| geometric mean | | | " + " | ".join(geo) + " |", ""]
+    lines += _side_by_side_table(results, labels)
+    lines += ["## Compile, tuning and memory", "",
               "| model | variant | compile s | tuning s | trials | tuned kernels | compile peak MiB | "
               "TVM RSS MiB | ORT RSS MiB | max abs err |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -230,6 +277,31 @@ def markdown(results: list[dict]) -> str:
     lines += ["", "Models: " + "; ".join(f"{r['model']}: {r['source']}" for r in results) + ".",
               "", "![TVM / onnxruntime per model](suite.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
+    """The builds of each model timed in turn (median p50 of SIDE_ROUNDS rounds), as ratios to
+    onnxruntime's, and each warm build against its tuned one."""
+    timed = [r for r in results if r.get("side_by_side")]
+    if not timed:
+        return []
+    warm = [lbl for lbl in labels if lbl.startswith("warm-")]
+    lines = ["## Side by side: each model's builds and onnxruntime timed in turn", "",
+             f"Each engine once per round in its own process, order rotated, median of the rounds' p50s "
+             f"({timed[0]['side_by_side']['rounds']} rounds). TVM / ORT, and warm / tuned for the recompile target "
+             "(within 5 %).", "",
+             "| " + " | ".join(["model", "ORT p50 ms", *map(_minutes, labels),
+                                *(f"{_minutes(w)} / tuned" for w in warm)]) + " |",
+             "|---|---|" + "---|" * (len(labels) + len(warm))]
+    for r in timed:
+        p50s = r["side_by_side"]["p50_ms"]
+        ort = p50s["onnxruntime"]
+        cells = [f"{p50s[lbl] / ort:.2f}x ({p50s[lbl]:.1f} ms)" if lbl in p50s else "-" for lbl in labels]
+        for w in warm:
+            tuned = "tuned-" + w.split("-", 1)[1]
+            cells.append(f"{p50s[w] / p50s[tuned]:.3f}" if w in p50s and tuned in p50s else "-")
+        lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 # compile_peak_rss_mb is the compile child's own VmHWM in jobs started from then on.
