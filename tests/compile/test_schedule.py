@@ -221,15 +221,17 @@ def test_a_record_of_a_schedule_that_packs_weights_survives_json(fused, target):
 
 
 
-@pytest.mark.parametrize("kernel, rows, predicated", [(3, 4, True), (1, 7, False)])
-def test_row_tiles_on_a_7x7_map_follow_the_reduction(target, kernel, rows, predicated):
+@pytest.mark.parametrize("kernel, size, vectors, rows, predicated", [
+    (3, 7, 4, 4, True), (1, 7, 4, 7, False), (3, 8, 3, 8, False)])
+def test_row_tiles_follow_the_reduction_and_the_map(target, kernel, size, vectors, rows, predicated):
     """A 3x3 convolution on a 7x7 map takes 4-row tiles, the last one predicated (4 + 3);
-    a 1x1 convolution, bound by streaming its weights, takes 7-row tiles. Both compute what
-    the unscheduled kernel does."""
-    import tvm
+    a 1x1 convolution, bound by streaming its weights, takes 7-row tiles; a tile one vector
+    wide (3 vectors of output channels: two do not divide them) is 8 rows tall. All compute
+    what the unscheduled kernel does."""
     from tvm import relax
 
-    shapes = {"x": (1, 7, 7, 16), "w": (kernel, kernel, 16, 32)}
+    channels = vectors * schedule.vector_lanes(target)
+    shapes = {"x": (1, size, size, 16), "w": (kernel, kernel, 16, channels)}
     params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
     builder = relax.BlockBuilder()
     with builder.function("main", list(params.values())):
