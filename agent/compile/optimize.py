@@ -30,6 +30,9 @@ in this order, all inside `with target:` (LegalizeOps and the schedules read it)
                          for anything else.
     DecomposeOpsForInference, CanonicalizeBindings
                          batch norm into arithmetic the fusion can absorb
+    fast_math            exp, erf, tanh, sigmoid and softmax as vectorizable polynomial
+                         approximations instead of one C library call per element
+                         (agent.compile.fast_math: YOLOv8n's SiLUs, BERT's GELU)
     the "zero" pipeline  LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR:
                          operators become PrimFuncs, elementwise chains fused into their
                          producers (TVM's default CPU build does no fusion at all)
@@ -53,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.compile import schedule
+from agent.compile.fast_math import fast_math
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -100,6 +104,7 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
+        mod = fast_math(mod)
         mod = relax.get_pipeline("zero")(mod)
         return mark_weights(mod)
 
