@@ -15,6 +15,9 @@ in this order, all inside `with target:` (LegalizeOps and the schedules read it)
                          three quarters of its multiplies by zero, with conditions in its
                          inner loops that defeat the tile schedule: PP-OCRv4 det's two of
                          them took 37 % and 13 % of its latency.
+    clips_as_relax_ops   (NHWC only) the frontend's opaque Clip calls as Relax maximum/minimum,
+                         so that ConvertLayout need not wrap every ReLU6 in transposes
+                         (agent.compile.clip)
     ConvertLayout        convolutions to NHWC data and HWIO weights (layout "NHWC" only): the
                          tile schedule vectorizes across output channels, and HWIO makes
                          those weights contiguous. On a 2-core AVX2 machine (p50, both
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.compile import schedule
+from agent.compile.clip import clips_as_relax_ops
 from agent.compile.fast_math import fast_math
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,6 +103,7 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
     with target:
         mod = transposed_convolutions_as_matmul(mod)
         if CONV_LAYOUTS[layout]:
+            mod = clips_as_relax_ops(fold_constants(mod))  # fold first: the bounds become constants
             mod = relax.transform.ConvertLayout(CONV_LAYOUTS[layout])(mod)
         mod = fold_constants(mod)
         mod = relax.transform.FoldConstant()(mod)
