@@ -6,16 +6,23 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
 
     {
       "tvm":         ENGINE,               the compiled model, through agent.runtime
-      "onnxruntime": ENGINE,               the reference: the user's .onnx on onnxruntime's CPU provider
-      "speedup_vs_onnxruntime": float,     onnxruntime p50 / tvm p50 (> 1 means TVM is faster)
+      "onnxruntime": ENGINE,               the user's .onnx on onnxruntime's CPU provider; null when
+                                           the model is not ONNX ("onnxruntime_absent" says why)
+      "speedup_vs_onnxruntime": float,     onnxruntime p50 / tvm p50 (> 1 means TVM is faster); null
+                                           when the model is not ONNX
+      "reference":   ENGINE,               the Framework's own runtime on the user's model, the one
+                                           verification compares with: onnxruntime (ONNX, then the
+                                           same numbers as "onnxruntime"), torch (PYTORCH), litert (TFLITE)
+      "speedup_vs_reference": float,       reference p50 / tvm p50
       "verification": {
         "passed": bool, "max_abs_error": float|null, "max_rel_error": float|null,
-        "rtol": float, "atol": float,      the tolerances: |tvm - ort| <= atol + rtol * |ort|
+        "rtol": float, "atol": float,      the tolerances: |tvm - ref| <= atol + rtol * |ref|
         "mismatched": int, "elements": int, "error": str|null,
         "outputs": [{"name", "passed", "max_abs_error", "max_rel_error", ...}, ...]
       },
-      "compile_seconds": float,            ONNX load + shape folding + import + optimize + build + link
-      "compile_breakdown_s": {"load", "fold", "import", "optimize", "build", "export"[, "tune"]},
+      "compile_seconds": float,            model load + preparation + import + optimize + build + link
+      "compile_breakdown_s": {"load", "fold" (ONNX) | "convert" (PYTORCH), "import", "optimize", "build",
+                              "export"[, "tune"]},
       "compile_peak_rss_mb": float,        the compile child's own peak resident memory (VmHWM) at
                                            the compile's end; MetaSchedule's worker processes not counted
       "target": {"kind": "llvm", "mtriple", "mcpu", "num-cores", ["mattr"]},   the TVM target
@@ -46,20 +53,25 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
         "shared": {"uri", "pulled_workloads"|"pull_error", "pushed_workloads"|"push_error"}
       },                                   (shared only with tuning.share_uri set)
       "method": {...},                     how latency was measured (BenchConfig and the rules)
-      "versions": {"agent", "tvm", "tvm_ffi", "onnx", "onnxruntime", "onnxslim", "numpy", "python"},
+      "versions": {"agent", "tvm", "tvm_ffi", "onnx", "onnxruntime", "onnxslim", "numpy", "python",
+                   "torch", "tflite", "litert"},   ("not installed" for a package that is not)
       "inputs":  [{"name", "shape", "dtype"}],    the static shapes compiled for
       "outputs": [{"name", "shape", "dtype"}],
       "data_input_config": str,            the shapes as a DataInputConfig; "derived": bool
       "measured": bool,                    false when cross-compiled for another device: then
-      "not_measured": str                  says why, and verification, tvm, onnxruntime and
-    }                                      speedup_vs_onnxruntime are null
+      "not_measured": str                  says why, and verification, tvm, onnxruntime, reference
+                                           and both speedups are null
+      "framework": str,                    InputConfig.Framework: ONNX, PYTORCH, TFLITE
+      "reference_engine": str,             "onnxruntime", "torch" or "litert"
+      "onnxruntime_absent": str            only when the model is not ONNX: why onnxruntime is null
+    }
 
     ENGINE = {
       "latency_ms": {"mean", "p50", "p90", "p95", "p99", "min", "max", "stdev", ...},
       "throughput_per_s": float,           timed iterations / timed seconds (one stream)
       "first_inference_ms": float,         the first run after load, cold caches included
       "peak_rss_mb": float,                the engine's own process, MiB
-      "load_ms", "iterations", "duration_s", "warmup_runs", "threads", "version"
+      "load_ms", "iterations", "duration_s", "warmup_runs", "threads", "version", "engine"
     }
 
 When verification fails the job fails before benchmarking; the metrics gathered so far (with
@@ -74,10 +86,12 @@ from typing import Any
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p95", "p99", "min", "max", "stdev")
 ENGINE_KEYS = ("latency_ms", "throughput_per_s", "first_inference_ms", "peak_rss_mb")
-CONTRACT_KEYS = ("tvm", "onnxruntime", "speedup_vs_onnxruntime", "verification", "compile_seconds",
-                 "target", "device", "threads", "tuned", "method", "versions", "inputs")
+CONTRACT_KEYS = ("tvm", "onnxruntime", "speedup_vs_onnxruntime", "reference", "speedup_vs_reference",
+                 "verification", "compile_seconds", "target", "device", "threads", "tuned", "method", "versions",
+                 "inputs", "framework", "reference_engine")
 _DISTRIBUTIONS = {"agent": "neo-edge-agent", "tvm": "apache-tvm", "tvm_ffi": "apache-tvm-ffi", "onnx": "onnx",
-                  "onnxruntime": "onnxruntime", "onnxslim": "onnxslim", "numpy": "numpy"}
+                  "onnxruntime": "onnxruntime", "onnxslim": "onnxslim", "numpy": "numpy", "torch": "torch",
+                  "tflite": "tflite", "litert": "ai-edge-litert"}
 
 
 def versions() -> dict[str, str]:
@@ -101,10 +115,10 @@ def engine_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def speedup(tvm: dict[str, Any], onnxruntime: dict[str, Any]) -> float | None:
-    """onnxruntime p50 / tvm p50; None when either has no latency."""
+def speedup(tvm: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """reference p50 / tvm p50; None when either has no latency."""
     try:
-        return float(onnxruntime["latency_ms"]["p50"]) / float(tvm["latency_ms"]["p50"])
+        return float(reference["latency_ms"]["p50"]) / float(tvm["latency_ms"]["p50"])
     except (KeyError, TypeError, ZeroDivisionError):
         return None
 
@@ -128,5 +142,6 @@ def method(bench: Any) -> dict[str, Any]:
         "threads": bench.threads,
         "scenario": "single stream: one inference at a time, each timed on its own",
         "process": "a fresh process per engine, inputs identical for both",
+        "reference": "the Framework's own runtime: onnxruntime (ONNX), torch (PYTORCH), LiteRT (TFLITE)",
         "inputs": "random, seed 0: floats uniform in [0, 1), integers in [0, 10)",
     }

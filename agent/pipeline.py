@@ -1,13 +1,15 @@
 """The compilation pipeline: the stages that run inside a job's compile child.
 
-    fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one .onnx
-    prepare    5-15%  DataInputConfig checked or derived, graph frozen and folded, Relax import
+    fetch      0-5%   InputConfig.S3Uri -> the job folder; a .tar.gz must hold exactly one model
+                      file of the job's Framework (.onnx; .pt/.pth/.pt2; .tflite: agent.compile.frontends)
+    prepare    5-15%  DataInputConfig checked or derived, Relax import by the Framework's frontend
     compile   15-45%  the target (device profile + CompilerOptions) -> layout, fusion, CPU schedules
                       by rule -> on-device tuning within the job's budget (agent.compile.tuning;
                       compile_model) -> TVM build -> model.so + metadata.json (model.tar of
                       objects when cross-compiled for another architecture: the device links
                       it when it loads it)
-    verify    45-55%  TVM and onnxruntime on the same random inputs, each in its own process
+    verify    45-55%  TVM and the Framework's reference runtime (onnxruntime, torch, LiteRT) on the
+                      same random inputs, each in its own process
     benchmark 55-90%  both engines timed with the agent's BenchConfig, same thread count
     package   90-95%  <model>-<target>.tar.gz = model.so + metadata.json + metrics.json
 
@@ -25,8 +27,9 @@ the user finds why beside where the artifact would have been.
 becomes the job's FailureReason. The keywords raised here (others come from the modules
 called: storage, compile, bench):
 
-    ClientError: InputConfiguration   not exactly one .onnx in the archive; Framework not ONNX
-    ClientError: VerificationFailed   TVM's outputs differ from onnxruntime's beyond the agent's
+    ClientError: InputConfiguration   not exactly one model file of the Framework in the archive;
+                                      a Framework this device does not compile
+    ClientError: VerificationFailed   TVM's outputs differ from the reference's beyond the agent's
                                       tolerances. A ClientError, as Neo's OperatorNotImplemented
                                       is: retrying cannot help, and the remedies (another export
                                       of the model, a looser tolerance) are the user's.
@@ -68,7 +71,7 @@ MAX_EXTRACTED_BYTES = 8 * 2**30
 MAX_ARCHIVE_MEMBERS = 10_000
 INPUT_SEED = 0
 ARTIFACT_FILES = ("model.so", "metadata.json", "metrics.json")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".onnx")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".onnx", ".pt2", ".pth", ".pt", ".tflite")
 FAILURE_LOG_PATIENCE_S = 30.0  # how long a failed job waits for storage to take its log
 
 
@@ -144,13 +147,16 @@ class JobStorage:
 
 def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress: _Progress, patience,
                          model_path: Path, name: str, storage: JobStorage) -> Result:
-    from agent.compile import build, datainput, onnx_frontend, target
+    from agent.compile import build, datainput, frontends, target
 
     report = progress.report
     deadline = patience.deadline
+    framework = job.input_config.get("Framework", "ONNX")
+    reference = frontends.frontend(framework).reference
 
     progress("prepare", 0, f"reading {model_path.name}")
-    imported = onnx_frontend.load_and_import(model_path, job.input_config.get("DataInputConfig"))
+    imported = frontends.load_and_import(framework, model_path, job.input_config.get("DataInputConfig"),
+                                         job.input_config.get("FrameworkVersion"))
     if imported.derived_config is not None:
         report.derived(imported.derived_config)
     progress("prepare", 1, f"inputs {_shapes_text(imported.inputs)}")
@@ -165,7 +171,7 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
     built = compile_model(imported.mod, tvm_target, target_desc, resolution, artifact, layout=layout,
                           config=config, deadline=deadline, progress=progress)
     breakdown = {**imported.seconds, **built.seconds}
-    _write_json(artifact / "metadata.json", _metadata(job, imported, target_desc, built.path.name))
+    _write_json(artifact / "metadata.json", _metadata(job, framework, imported, target_desc, built.path.name))
     progress("compile", 1, f"built in {sum(built.seconds.values()):.1f} s; {_schedule_text(built.schedule)}"
                            f"{_tuning_text(built.tuning)}")
 
@@ -178,33 +184,39 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
         "method": metrics_contract.method(config.bench), "versions": metrics_contract.versions(),
         "inputs": [s.to_dict() for s in imported.inputs], "outputs": [s.to_dict() for s in imported.outputs],
         "data_input_config": datainput.to_json(imported.shapes), "derived": imported.derived_config is not None,
-        "measured": resolution.native,
+        "measured": resolution.native, "framework": framework, "reference_engine": reference,
     }
+    if reference != "onnxruntime":
+        metrics["onnxruntime_absent"] = (f"the model is {framework}, which onnxruntime does not run; its reference "
+                                      f"is {reference} (see reference, speedup_vs_reference)")
     if not resolution.native:
         metrics["not_measured"] = (f"cross-compiled for {resolution.profile.label} on {target.this_device().sentence}; "
                                    "its outputs and speed can only be checked on that device")
         return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
                                    progress, patience, storage)
-    progress("verify", 0, "running TVM and onnxruntime on the same inputs")
+    progress("verify", 0, f"running TVM and {reference} on the same inputs")
     inputs_npz = _make_inputs(workdir / "verify", imported.inputs)
     metrics["verification"] = verify(model_path, artifact, inputs_npz, config, deadline,
-                                     [s.name for s in imported.outputs])
+                                     [s.name for s in imported.outputs], reference=reference)
     if not metrics["verification"]["passed"]:
         _write_json(artifact / "metrics.json", _ordered(metrics))
-        failure = ClientError("VerificationFailed", _mismatch_text(metrics["verification"]))
+        failure = ClientError("VerificationFailed", _mismatch_text(metrics["verification"], reference))
         failure.metrics = _ordered(metrics)
         raise failure
     progress("verify", 1, f"outputs match (max abs error {metrics['verification']['max_abs_error']:.3g})")
 
     from agent.bench import run_engine
 
-    for index, engine in enumerate(("onnxruntime", "tvm")):
+    for index, engine in enumerate((reference, "tvm")):
         progress("benchmark", index / 2, f"timing {engine}")
-        source = model_path if engine == "onnxruntime" else artifact
-        metrics[engine] = metrics_contract.engine_metrics(run_engine(
+        source = artifact if engine == "tvm" else model_path
+        metrics["tvm" if engine == "tvm" else "reference"] = metrics_contract.engine_metrics(run_engine(
             engine, source, inputs_npz, threads=config.bench.threads, bench=config.bench,
             timeout_s=_remaining(deadline)))
-    metrics["speedup_vs_onnxruntime"] = metrics_contract.speedup(metrics["tvm"], metrics["onnxruntime"])
+    metrics["speedup_vs_reference"] = metrics_contract.speedup(metrics["tvm"], metrics["reference"])
+    if reference == "onnxruntime":  # the same numbers under the keys ONNX jobs always had
+        metrics["onnxruntime"] = metrics["reference"]
+        metrics["speedup_vs_onnxruntime"] = metrics["speedup_vs_reference"]
     progress("benchmark", 1, _latency_text(metrics))
     return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
                                progress, patience, storage)
@@ -292,13 +304,12 @@ def _share(database: Any, direction: str, uri: str, client: Any) -> dict[str, An
 
 
 def fetch(job: Job, workdir: Path, patience=None, client=None) -> tuple[Path, str]:
-    """Download the model; returns (path of the one .onnx, the name stem for the artifact)."""
+    """Download the model; returns (path of the one model file, the name stem for the artifact)."""
+    from agent.compile import frontends
     from agent.storage import download, parse, safe_extract
 
     framework = job.input_config.get("Framework", "ONNX")
-    if framework != "ONNX":
-        raise ClientError("InputConfiguration", f"Framework {framework} is not supported by this agent; "
-                                                "it compiles ONNX models")
+    entry = frontends.frontend(framework)
     uri = job.input_config.get("S3Uri", "")
     location = parse(uri)
     filename = PurePosixPath(location.key or location.path or "").name or "model.tar.gz"
@@ -307,32 +318,27 @@ def fetch(job: Job, workdir: Path, patience=None, client=None) -> tuple[Path, st
     log.info("fetched %s: %d bytes, checked by %s", location.redacted(), fetched.size, fetched.check)
     downloaded = fetched.path
     stem = _stem(filename)
-    if filename.lower().endswith(".onnx"):
+    if filename.lower().endswith(entry.suffixes):
         return downloaded, stem
     files = safe_extract(downloaded, workdir / "model", max_total_bytes=MAX_EXTRACTED_BYTES,
                          max_members=MAX_ARCHIVE_MEMBERS)
     root = workdir / "model"
-    candidates = [f for f in files if f.suffix.lower() == ".onnx" and not _is_junk(f.relative_to(root))]
-    if len(candidates) != 1:
-        names = ", ".join(str(f.relative_to(root)) for f in candidates) or "none"
-        raise ClientError("InputConfiguration", f"Exactly one .onnx file is allowed for ONNX model, "
-                                                f"found {len(candidates)}: {names}")
-    return candidates[0], stem
+    return frontends.find_model([f for f in files if not _is_junk(f.relative_to(root))], framework, root), stem
 
 
 def verify(model_path: Path, artifact: Path, inputs_npz: Path, config: AgentConfig, deadline: float,
-           output_names: list[str]) -> dict[str, Any]:
+           output_names: list[str], reference: str = "onnxruntime") -> dict[str, Any]:
     """Both engines on the same inputs; the comparison report (see agent.bench.verify)."""
     from agent.bench import compare, load_npz, run_engine
 
     folder = inputs_npz.parent
     outputs = {}
-    for engine, source in (("onnxruntime", model_path), ("tvm", artifact)):
+    for engine, source in ((reference, model_path), ("tvm", artifact)):
         npz = folder / f"{engine}-outputs.npz"
         run_engine(engine, source, inputs_npz, threads=config.bench.threads, outputs_npz=npz,
                    timeout_s=_remaining(deadline))
         outputs[engine] = list(load_npz(npz).values())
-    report = compare(outputs["tvm"], outputs["onnxruntime"], rtol=config.verify.rtol, atol=config.verify.atol)
+    report = compare(outputs["tvm"], outputs[reference], rtol=config.verify.rtol, atol=config.verify.atol)
     return metrics_contract.verification(report, output_names)
 
 
@@ -438,7 +444,7 @@ def _make_inputs(folder: Path, specs: list) -> Path:
     return save_npz(folder / "inputs.npz", make_inputs([s.to_dict() for s in specs], seed=INPUT_SEED))
 
 
-def _metadata(job: Job, imported: Any, target_desc: dict, library: str) -> dict:
+def _metadata(job: Job, framework: str, imported: Any, target_desc: dict, library: str) -> dict:
     """metadata.json: what agent.runtime needs to load and check, and where the artifact came from."""
     from agent.compile import datainput
 
@@ -446,11 +452,11 @@ def _metadata(job: Job, imported: Any, target_desc: dict, library: str) -> dict:
         "format": "neo-edge-agent/1",
         "library": library,
         "entry": "main",
-        "framework": "ONNX",
+        "framework": framework,
         "inputs": [s.to_dict() for s in imported.inputs],
         "outputs": [s.to_dict() for s in imported.outputs],
         "data_input_config": datainput.to_json(imported.shapes),
-        "opset": imported.opset,
+        "opset": imported.opset if framework == "ONNX" else None,
         "target": target_desc,
         "versions": metrics_contract.versions(),
         "created_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -501,16 +507,16 @@ def _remaining(deadline: float) -> float:
     return max(1.0, deadline - time.time())
 
 
-def _mismatch_text(report: dict) -> str:
+def _mismatch_text(report: dict, reference: str = "onnxruntime") -> str:
     bad = next((o for o in report.get("outputs", []) if not o.get("passed")), None)
     if report.get("error"):
-        return f"TVM's outputs do not match onnxruntime's: {report['error']}"
+        return f"TVM's outputs do not match {reference}'s: {report['error']}"
     if bad and bad.get("error"):
-        return f"TVM's output {bad.get('name')!r} does not match onnxruntime's: {bad['error']}"
+        return f"TVM's output {bad.get('name')!r} does not match {reference}'s: {bad['error']}"
     where = f"output {bad.get('name')!r}: " if bad else ""
     abs_err = bad.get("max_abs_error") if bad else report.get("max_abs_error")
     count = f"{bad['mismatched']} of {bad['elements']} elements" if bad else "some elements"
-    return (f"TVM's outputs differ from onnxruntime's on the same inputs; {where}max abs error "
+    return (f"TVM's outputs differ from {reference}'s on the same inputs; {where}max abs error "
             f"{_num(abs_err)} > tolerance (atol {report['atol']:g} + rtol {report['rtol']:g} * |reference|) "
             f"in {count}")
 
@@ -542,8 +548,8 @@ def _tuning_text(report: dict) -> str:
 
 def _latency_text(metrics: dict) -> str:
     try:
-        return (f"p50 tvm {metrics['tvm']['latency_ms']['p50']:.3f} ms, onnxruntime "
-                f"{metrics['onnxruntime']['latency_ms']['p50']:.3f} ms")
+        return (f"p50 tvm {metrics['tvm']['latency_ms']['p50']:.3f} ms, {metrics['reference_engine']} "
+                f"{metrics['reference']['latency_ms']['p50']:.3f} ms")
     except (KeyError, TypeError):
         return "benchmark done"
 

@@ -33,7 +33,8 @@ def _ms(value: Any) -> str:
 
 
 def results_table(describe: dict[str, Any], metrics: dict[str, Any] | None) -> str:
-    """The final table: job outcome, then TVM beside onnxruntime, then verification."""
+    """The final table: job outcome, then TVM beside the reference runtime (onnxruntime, torch or
+    litert: metrics.json's "reference_engine"), then verification."""
     lines = [
         f"Compilation job  {describe['CompilationJobName']}",
         f"Status           {describe['CompilationJobStatus']}",
@@ -49,17 +50,18 @@ def results_table(describe: dict[str, Any], metrics: dict[str, Any] | None) -> s
         lines.append(f"Derived inputs   {derived}")
     if not metrics:
         return "\n".join(lines)
-    tvm, ort = metrics.get("tvm", {}), metrics.get("onnxruntime", {})
-    lines += ["", f"{'latency (ms)':<22}{'TVM':>12}{'onnxruntime':>14}"]
+    name = metrics.get("reference_engine") or "onnxruntime"  # metrics from before the key existed
+    tvm, ort = metrics.get("tvm") or {}, metrics.get("reference") or metrics.get("onnxruntime") or {}
+    lines += ["", f"{'latency (ms)':<22}{'TVM':>12}{name:>14}"]
     for key in ("mean", "p50", "p90", "p95", "p99", "min", "max", "stdev"):
         lines.append(f"  {key:<20}{_ms(tvm.get('latency_ms', {}).get(key)):>12}{_ms(ort.get('latency_ms', {}).get(key)):>14}")
     for label, key in (("throughput (/s)", "throughput_per_s"), ("first inference (ms)", "first_inference_ms"),
                        ("peak RSS (MiB)", "peak_rss_mb")):
         lines.append(f"{label:<22}{_ms(tvm.get(key)):>12}{_ms(ort.get(key)):>14}")
-    speedup = metrics.get("speedup_vs_onnxruntime")
-    if isinstance(speedup, (int, float)):
+    speedup = metrics.get("speedup_vs_reference", metrics.get("speedup_vs_onnxruntime"))
+    if isinstance(speedup, (int, float)) and speedup > 0:
         verdict = "faster" if speedup >= 1 else "slower"
-        lines.append(f"speedup vs onnxruntime {speedup:.3f}x (TVM is {max(speedup, 1 / speedup):.1f}x {verdict}, by p50)")
+        lines.append(f"speedup vs {name} {speedup:.3f}x (TVM is {max(speedup, 1 / speedup):.1f}x {verdict}, by p50)")
     verification = metrics.get("verification", {})
     if verification:
         lines.append(

@@ -8,7 +8,11 @@ Each rule raises ValidationException with a message that names the member.
 
 Documented extensions to SageMaker's rules:
 - S3Uri and S3OutputLocation also accept `file://` URIs, for offline devices (RELAXED_URI_PATTERN).
-- InputConfig.S3Uri may name a bare `.onnx` file, not only a `.tar.gz` archive.
+- InputConfig.S3Uri may name a bare model file of its Framework (`.onnx`, `.pt`, `.pth`, `.pt2`,
+  `.tflite`), not only a `.tar.gz` archive.
+- Framework and FrameworkVersion are checked against what this device has installed
+  (agent.compile.frontends): a Framework it cannot compile, or a FrameworkVersion newer than
+  its own, is refused here rather than failing the job later.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from agent.compile import frontends  # pure Python: the Framework table, no framework imported
 from agent.compile.datainput import oversized  # pure Python: the input size bounds
 from agent.errors import ValidationException
 from agent.jobs.job import MAX_RUNTIME_LIMIT
@@ -25,10 +30,10 @@ from agent.jobs.job import MAX_RUNTIME_LIMIT
 RELAXED_URI_PATTERN = r"(https|s3)://([^/]+)/?(.*)|file://([^/]*)/(.*)"
 PATTERN_OVERRIDES = {"S3Uri": RELAXED_URI_PATTERN}
 
-MODEL_SUFFIXES = (".tar.gz", ".onnx")
+ARCHIVE_SUFFIX = ".tar.gz"
 
-# What this agent's compiler front ends read today. It will grow (PYTORCH, TFLITE, ...).
-SUPPORTED_FRAMEWORKS = ("ONNX",)
+# What this device compiles: the frontends whose packages are installed (agent.compile.frontends).
+SUPPORTED_FRAMEWORKS = frontends.supported()
 # Neo: "FrameworkVersion ... only for MXNet, PyTorch, TensorFlow and TFLite".
 VERSIONED_FRAMEWORKS = frozenset({"MXNET", "PYTORCH", "TENSORFLOW", "TFLITE"})
 # Neo: PyTorch alone may give DataInputConfig as a list of shapes.
@@ -99,16 +104,15 @@ def _check_input_config(config: dict[str, Any]) -> None:
             f"InputConfig.FrameworkVersion is allowed only for {', '.join(sorted(VERSIONED_FRAMEWORKS))}; "
             f"Framework is {framework}."
         )
-    if framework not in SUPPORTED_FRAMEWORKS:
-        raise ValidationException(
-            f"Framework {framework} is not supported on this device; "
-            f"it compiles {', '.join(SUPPORTED_FRAMEWORKS)}."
-        )
+    problem = frontends.refusal(framework) or frontends.version_refusal(framework, config.get("FrameworkVersion"))
+    if problem:
+        raise ValidationException(problem)
     uri = config["S3Uri"]
-    if not urlsplit(uri).path.endswith(MODEL_SUFFIXES):  # the path, so a presigned URL's query is ignored
+    model_suffixes = frontends.FRONTENDS[framework].suffixes
+    if not urlsplit(uri).path.lower().endswith((ARCHIVE_SUFFIX, *model_suffixes)):  # a presigned URL's query is ignored
         raise ValidationException(
-            "InputConfig.S3Uri must point to a gzip compressed tar archive (.tar.gz) or an .onnx file; "
-            f"got {uri}."
+            f"InputConfig.S3Uri must point to a gzip compressed tar archive (.tar.gz) or a "
+            f"{frontends.FRONTENDS[framework].suffix_text()} file for Framework {framework}; got {uri}."
         )
     if config.get("DataInputConfig") is not None:
         parse_data_input_config(config["DataInputConfig"], framework)

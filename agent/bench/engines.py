@@ -23,9 +23,16 @@ Child side (the worker only): open_engine(name, path, threads) gives one small f
     engine.version
 
 after set_threads(threads) has put the thread count where each runtime reads it at import.
-"onnxruntime" takes an .onnx file. "tvm" takes a compiled artifact, a directory holding
-model.so + metadata.json or a .tar.gz of one, loaded by agent.runtime.load(): the loader users
-run on their devices, so what is measured is what they will run.
+"tvm" takes a compiled artifact, a directory holding model.so + metadata.json or a .tar.gz of
+one, loaded by agent.runtime.load(): the loader users run on their devices, so what is
+measured is what they will run. The references, one per Framework (agent.compile.frontends):
+
+    "onnxruntime"  an .onnx file, on onnxruntime's CPU provider
+    "torch"        a TorchScript file (.pt/.pth, torch.jit.load) or a torch.export
+                   ExportedProgram (.pt2, torch.export.load), run under torch.no_grad() with
+                   torch.set_num_threads(threads); inputs are the forward's arguments by name
+                   (agent.compile.torch_frontend.input_names), outputs flattened in order
+    "litert"       a .tflite file on the LiteRT interpreter (ai_edge_litert), num_threads=threads
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ import agent
 from agent.config import BenchConfig
 from agent.errors import ServerError
 
-ENGINES = ("onnxruntime", "tvm")
+ENGINES = ("onnxruntime", "tvm", "torch", "litert")
 KEYWORD = "EngineWorker"
 STDERR_TAIL_CHARS = 600  # the tail must fit in a 1024-character FailureReason with its preamble
 ORT_DTYPES = {
@@ -144,6 +151,10 @@ def open_engine(name: str, model_path: Path, threads: int):
         return OnnxRuntimeEngine(Path(model_path), threads)
     if name == "tvm":
         return TvmEngine(Path(model_path))
+    if name == "torch":
+        return TorchEngine(Path(model_path), threads)
+    if name == "litert":
+        return LiteRtEngine(Path(model_path), threads)
     raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES}")
 
 
@@ -187,3 +198,68 @@ class TvmEngine:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.model.run(feed)
+
+
+class TorchEngine:
+    """The user's PyTorch model on torch itself, eager CPU, no autograd."""
+
+    def __init__(self, model_path: Path, threads: int):
+        import torch
+
+        from agent.compile import torch_frontend
+
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self.module, names = torch_frontend.load_runnable(model_path)
+        self.inputs = [{"name": name, "shape": [], "dtype": ""} for name in names]  # shapes: the feed's
+        self.outputs: list[dict] = []  # named output0.. once the first run shows how many
+        self.version = torch.__version__
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from agent.compile.torch_frontend import flatten_outputs
+
+        with self._torch.no_grad():
+            result = self.module(*[self._torch.from_numpy(np.require(feed[spec["name"]], requirements="C"))
+                                   for spec in self.inputs])
+        outputs = [t.numpy() for t in flatten_outputs(result)]
+        if not self.outputs:
+            self.outputs = [{"name": f"output{i}", "shape": list(o.shape), "dtype": str(o.dtype)}
+                            for i, o in enumerate(outputs)]
+        return outputs
+
+
+class LiteRtEngine:
+    """A .tflite file on Google's LiteRT interpreter (the TensorFlow Lite runtime)."""
+
+    def __init__(self, model_path: Path, threads: int):
+        import importlib.metadata
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self._inputs = self.interpreter.get_input_details()
+        self._outputs = self.interpreter.get_output_details()
+        self.inputs = [_litert_spec(d) for d in self._inputs]
+        self.outputs = [_litert_spec(d) for d in self._outputs]
+        self.version = importlib.metadata.version("ai-edge-litert")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        resized = False
+        for detail in self._inputs:  # a dynamic dim compiled at another size than the file's default
+            if list(feed[detail["name"]].shape) != [int(d) for d in detail["shape"]]:
+                self.interpreter.resize_tensor_input(detail["index"], list(feed[detail["name"]].shape))
+                resized = True
+        if resized:
+            self.interpreter.allocate_tensors()
+            self._inputs = self.interpreter.get_input_details()
+            self._outputs = self.interpreter.get_output_details()
+        for detail in self._inputs:
+            self.interpreter.set_tensor(detail["index"], feed[detail["name"]])
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(d["index"]).copy() for d in self._outputs]
+
+
+def _litert_spec(detail: dict) -> dict:
+    return {"name": detail["name"], "shape": [int(d) for d in detail["shape"]],
+            "dtype": np.dtype(detail["dtype"]).name}

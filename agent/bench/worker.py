@@ -1,6 +1,6 @@
 """The benchmark/verification worker: one engine, one model, one fresh process.
 
-    python -m agent.bench.worker --engine {onnxruntime,tvm} --model PATH --inputs INPUTS.npz
+    python -m agent.bench.worker --engine {onnxruntime,tvm,torch,litert} --model PATH --inputs INPUTS.npz
         --threads N --result RESULT.json [--outputs OUTPUTS.npz] [--bench BENCHCONFIG_JSON]
 
 Started by agent.bench.engines.run_engine; not meant to be run by hand except to debug.

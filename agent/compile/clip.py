@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agent.compile import rewrite_relax_functions
+
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
@@ -30,13 +32,11 @@ def clips_as_relax_ops(mod: "tvm.IRModule") -> "tvm.IRModule":
     from tvm import relax
 
     mutator = _mutator()(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    rewritten = rewrite_relax_functions(mod, mutator)
     if not mutator.rewritten:
         return mod
     log.debug("%d clip bounds as relax maximum/minimum", mutator.rewritten)
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(rewritten)
 
 
 def _elementwise_kind(func: Any, name: str) -> str | None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agent.compile import rewrite_relax_functions
+
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
@@ -30,15 +32,11 @@ log = logging.getLogger(__name__)
 
 def fast_math(mod: "tvm.IRModule") -> "tvm.IRModule":
     """Every Relax function of `mod` with its transcendental calls replaced (see above)."""
-    from tvm import relax
-
     mutator = _mutator()(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    rewritten = rewrite_relax_functions(mod, mutator)
     if mutator.replaced:
         log.debug("fast math: %s", ", ".join(f"{n} {op}" for op, n in sorted(mutator.replaced.items())))
-    return mutator.builder_.get()
+    return rewritten
 
 
 def _fast_sigmoid(x: Any) -> Any:

@@ -202,14 +202,15 @@ def metrics_summary(metrics: dict[str, Any] | None, artifact_uri: str = "", arti
     """
     metrics = metrics or {}
     projected: dict[str, Any] = {}
-    for engine in ("tvm", "onnxruntime"):
+    for engine in ("tvm", "onnxruntime", "reference"):
         if isinstance(metrics.get(engine), dict):
             projected[engine] = {k: metrics[engine][k] for k in SUMMARY_ENGINE_KEYS if k in metrics[engine]}
     if isinstance(metrics.get("verification"), dict):
         projected["verification"] = {
             k: metrics["verification"][k] for k in SUMMARY_VERIFICATION_KEYS if k in metrics["verification"]
         }
-    for key in ("speedup_vs_onnxruntime", "compile_seconds", "threads", "tuned"):
+    for key in ("speedup_vs_onnxruntime", "speedup_vs_reference", "reference_engine", "framework",
+                "compile_seconds", "threads", "tuned"):
         if key in metrics:
             projected[key] = metrics[key]
     summary: dict[str, Any] = {"metrics": projected}

@@ -1,12 +1,14 @@
 """Neo's rules beyond the model, through the service (so the order of checks is the real one)."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import pytest
 
 from agent.api import CompilationService
 from agent.api.validation import SUPPORTED_FRAMEWORKS, device_target_check, parse_data_input_config
+from agent.compile import frontends
 from agent.device import detect
 from agent.errors import ValidationException
 
@@ -118,14 +120,66 @@ def test_framework_version_only_for_some_frameworks(service):
     )
 
 
-@pytest.mark.parametrize("framework", ["TENSORFLOW", "KERAS", "MXNET", "PYTORCH", "XGBOOST", "TFLITE", "DARKNET", "SKLEARN"])
-def test_only_onnx_is_compiled_here(service, framework):
+@pytest.mark.parametrize("framework", ["TENSORFLOW", "KERAS", "MXNET", "XGBOOST", "DARKNET", "SKLEARN"])
+def test_frameworks_without_a_tvm_frontend_are_refused_saying_what_is_compiled(service, framework):
     message = refused(service, with_input(Framework=framework))
-    assert message == f"Framework {framework} is not supported on this device; it compiles {', '.join(SUPPORTED_FRAMEWORKS)}."
+    assert message.startswith(f"Framework {framework} is not supported on this device (TVM 0.27 has no {framework} "
+                              "frontend; ")
+    assert message.endswith(f"; it compiles {', '.join(SUPPORTED_FRAMEWORKS)}.")
+    assert SUPPORTED_FRAMEWORKS == ("ONNX", "PYTORCH", "TFLITE"), "CI installs every frontend's packages"
 
 
-def test_pytorch_with_a_version_names_the_framework_not_the_version(service):
-    assert refused(service, with_input(Framework="PYTORCH", FrameworkVersion="1.8")).startswith("Framework PYTORCH")
+@pytest.mark.parametrize("framework, hint", [("TENSORFLOW", "TFLite"), ("KERAS", "tf2onnx"), ("MXNET", "ONNX"),
+                                             ("XGBOOST", "XGBoost itself")])
+def test_the_refusal_says_what_to_convert_to(service, framework, hint):
+    assert hint in refused(service, with_input(Framework=framework))
+
+
+@pytest.mark.parametrize("framework, uri, version", [
+    ("PYTORCH", "s3://bucket/model.tar.gz", "1.13"), ("PYTORCH", "s3://bucket/model.pth", "2.0"),
+    ("PYTORCH", "s3://bucket/exported.pt2", None), ("PYTORCH", "file:///m/model.pt", "2.13"),
+    ("TFLITE", "s3://bucket/model.tflite", "1.15"), ("TFLITE", "s3://bucket/model.tar.gz", "2.18"),
+])
+def test_pytorch_and_tflite_are_accepted(service, framework, uri, version):
+    changes = {"Framework": framework, "S3Uri": uri, "DataInputConfig": "[[1, 3, 224, 224]]"
+               if framework == "PYTORCH" else '{"input": [1, 224, 224, 3]}'}
+    if version:
+        changes["FrameworkVersion"] = version
+    assert service.create_compilation_job(with_input(**changes))
+
+
+def test_a_framework_version_newer_than_the_device_has_is_refused(service):
+    message = refused(service, with_input(Framework="PYTORCH", FrameworkVersion="9.1", DataInputConfig="[[1, 3]]"))
+    torch_version = importlib.metadata.version("torch")
+    assert message.startswith("InputConfig.FrameworkVersion 9.1 is newer than the PyTorch on this device "
+                              f"(torch {torch_version})")
+    major, minor = torch_version.split(".")[:2]
+    assert f"saved by version {major}.{minor} or earlier" in message
+    message = refused(service, with_input(Framework="TFLITE", FrameworkVersion="3.0"))
+    assert "newer than the TensorFlow Lite on this device (tflite 2.18.0)" in message
+
+
+def test_a_framework_version_that_is_no_version_is_refused(service):
+    message = refused(service, with_input(Framework="PYTORCH", FrameworkVersion="1.x", DataInputConfig="[[1, 3]]"))
+    assert message.startswith("InputConfig.FrameworkVersion '1.x' is not a PyTorch version")
+
+
+def test_a_framework_whose_packages_are_missing_is_refused_naming_them(service, monkeypatch):
+    real = frontends.installed_version
+    monkeypatch.setattr(frontends, "installed_version", lambda d: None if d == "torch" else real(d))
+    message = refused(service, with_input(Framework="PYTORCH"))
+    assert message == ("Framework PYTORCH is not supported on this device (the torch package is not installed "
+                       "here); it compiles ONNX, TFLITE.")
+
+
+@pytest.mark.parametrize("framework, uri", [("PYTORCH", "s3://bucket/model.onnx"), ("ONNX", "s3://bucket/model.pt"),
+                                            ("TFLITE", "s3://bucket/model.pt2")])
+def test_a_bare_model_file_must_be_the_frameworks(service, framework, uri):
+    message = refused(service, with_input(Framework=framework, S3Uri=uri, DataInputConfig="[[1, 3]]"
+                                          if framework == "PYTORCH" else '{"data": [1, 3]}'))
+    suffixes = "/".join(frontends.FRONTENDS[framework].suffixes)
+    assert message == (f"InputConfig.S3Uri must point to a gzip compressed tar archive (.tar.gz) or a {suffixes} "
+                       f"file for Framework {framework}; got {uri}.")
 
 
 @pytest.mark.parametrize(
@@ -258,5 +312,5 @@ def test_model_rules_come_before_neo_rules(service):
 
 
 def test_a_refused_body_stores_nothing_and_enqueues_nothing(service, store, runner):
-    refused(service, with_input(Framework="PYTORCH"))
+    refused(service, with_input(Framework="KERAS"))
     assert store.find("job-1") is None and runner.calls == []
