@@ -119,7 +119,7 @@ class CompiledModel:
             if array.dtype != want_dtype:
                 raise InputError(f"input {spec['name']!r} has dtype {array.dtype}, the model takes "
                                  f"{want_dtype} (convert with .astype({str(want_dtype)!r}))")
-            arrays.append(np.ascontiguousarray(array))
+            arrays.append(np.require(array, requirements="C"))  # ascontiguousarray makes 0-d 1-d
         return arrays
 
     def run(self, feed: Mapping[str, Any] | Sequence[Any] | np.ndarray) -> list[np.ndarray]:

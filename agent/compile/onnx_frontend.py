@@ -3,7 +3,8 @@
     load_model(path)                      parse, bring in external data from the model's folder
     model_inputs(model) / model_outputs   the graph's real inputs (initializers excluded)
     resolve_shapes(inputs, config)        DataInputConfig parsed, or derived when absent
-    prepare_graph(model, shapes)          freeze dims, infer shapes, fold shape subgraphs
+    prepare_graph(model, shapes)          opset into range, freeze dims, infer shapes, fold
+                                          shape subgraphs, write out LSTM/GRU/RNN
     import_relax(model, shapes)           tvm.relax.frontend.onnx.from_onnx, errors translated
     load_and_import(path, config)         all of the above -> Imported
 
@@ -11,6 +12,18 @@ Why the preparation: TVM 0.27's Relax frontend rejects graphs whose Reshape targ
 computed at run time from Shape/Gather/Concat (PP-OCR, YOLOv8 exports), and MetaSchedule
 needs static shapes anyway. Freezing the input dims and letting onnxslim fold the shape
 arithmetic into constants turns those graphs into ones the frontend accepts.
+
+Opsets: the frontend's converters are written for the default-domain opsets 13 to 23
+(MIN_OPSET, MAX_OPSET). Below 13, ops it reads in their opset-13 form (Slice's starts as
+attributes at opset 9, Upsample, ...) fail to import or import wrongly, so an older model is
+first converted to opset 13 by onnx.version_converter; a model above 23 is converted down to 23,
+so no converter meets an opset it predates. A model that cannot be converted is refused with
+the opsets named; nothing is imported at an opset the frontend was not written for. The
+job's metadata keeps the model's own opset.
+
+LSTM, GRU and RNN, which the frontend lacks, are written out step by step over their static
+sequence length once the shapes are folded (agent.compile.onnx_recurrent, which says what it
+implements and refuses).
 
 A model comes from a user, so before anything is allocated for it: external data must stay in
 the model's folder (and within its files), the graph must be acyclic and wired, and no tensor it
@@ -22,6 +35,7 @@ ClientError with Neo's keywords:
     corrupt or unreadable file            InputConfiguration: Incompatible ONNX model: ...
     a cycle, an oversized tensor          InputConfiguration: Incompatible ONNX model: ... (names it)
     bad shapes, failed shape folding      InputConfiguration: ...
+    an opset onnx cannot convert          InputConfiguration: the model's opset N is outside ...
     operator TVM lacks                    OperatorNotImplemented: X, Y are not supported ...
     attribute TVM lacks / needs / rejects OperatorAttributeNotImplemented / ...Required / ...ValueNotValid
     anything else the frontend raises     InputConfiguration: <TVM's first useful line>
@@ -41,7 +55,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from agent.compile import datainput, summarize_error
+from agent.compile import datainput, onnx_recurrent, summarize_error
 from agent.compile.datainput import TensorSpec
 from agent.errors import ClientError
 
@@ -53,6 +67,11 @@ log = logging.getLogger(__name__)
 
 KEYWORD = "InputConfiguration"
 FRONTEND = "TVM 0.27's ONNX frontend"
+# The default-domain opsets that frontend is written for: 13 is the oldest its converters
+# implement for 30-odd ops (Slice, Reshape, Gather, Concat, the reductions, ...), 23 the newest
+# any of them implements. A model outside is converted to the nearer end.
+MIN_OPSET = 13
+MAX_OPSET = 23
 
 
 @dataclasses.dataclass
@@ -257,11 +276,39 @@ def resolve_shapes(inputs: list[TensorSpec], data_input_config: str | None) -> t
     return shapes, datainput.to_json(shapes)
 
 
+def convert_opset(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """The model itself when its opset is one the frontend is written for, else the model
+    converted by onnx.version_converter to the nearest such opset (see module doc)."""
+    from onnx import version_converter
+
+    opset = opset_version(model)
+    if not opset:
+        raise ClientError(KEYWORD, "Incompatible ONNX model: it imports no version of the default (ai.onnx) "
+                                   "operator set")
+    if MIN_OPSET <= opset <= MAX_OPSET:
+        return model
+    wanted = MIN_OPSET if opset < MIN_OPSET else MAX_OPSET
+    try:
+        converted = version_converter.convert_version(model, wanted)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # onnx says why after its C++ assertion: "...convert.h:96: ...: Assertion `...` failed: <why>"
+        why = summarize_error(exc).rsplit(" failed: ", 1)[-1]
+        raise ClientError(KEYWORD, f"the model's opset {opset} is outside the opsets {MIN_OPSET}-{MAX_OPSET} "
+                                   f"{FRONTEND} is written for, and onnx could not convert it to opset {wanted}: "
+                                   f"{why}") from exc
+    log.info("converted the model from opset %d to %d for %s", opset, wanted, FRONTEND)
+    return converted
+
+
 def prepare_graph(model: "onnx.ModelProto", shapes: dict[str, list[int]]) -> "onnx.ModelProto":
-    """Freeze the input dims, then fold the shape subgraphs into constants (see module doc)."""
+    """Bring the opset into range, freeze the input dims, fold the shape subgraphs into
+    constants, then write out LSTM/GRU/RNN step by step (see module doc)."""
     import onnx
     import onnxslim
 
+    model = convert_opset(model)
     for value in model.graph.input:
         if value.name in shapes:
             dims = value.type.tensor_type.shape.dim
@@ -272,7 +319,8 @@ def prepare_graph(model: "onnx.ModelProto", shapes: dict[str, list[int]]) -> "on
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # not fatal: onnxslim runs its own inference next
         log.warning("onnx shape inference failed, continuing: %s", summarize_error(exc))
-    spec = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items()]
+    # A scalar input (dims []) is frozen above already; onnxslim cannot parse "name:".
+    spec = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items() if dims]
     try:
         prepared = onnxslim.slim(model, input_shapes=spec)
     except MemoryError:
@@ -281,6 +329,9 @@ def prepare_graph(model: "onnx.ModelProto", shapes: dict[str, list[int]]) -> "on
         raise ClientError(KEYWORD, f"the model's shapes could not be worked out for the input shapes "
                                    f"{datainput.to_json(shapes)}: {summarize_error(exc)}") from exc
     check_inferred_sizes(prepared)
+    unrolled = onnx_recurrent.unroll(prepared)
+    if unrolled:
+        log.info("wrote out %d recurrent node(s) step by step", unrolled)
     return prepared
 
 
@@ -323,7 +374,7 @@ def _unsupported_detail(exc: BaseException) -> str:
     ops = text.split(marker, 1)[1].strip().rstrip(".") if marker in text else summarize_error(exc)
     verb = "is" if "," not in ops else "are"
     return (f"{ops} {verb} not supported by {FRONTEND}; re-export the model without {'it' if verb == 'is' else 'them'} "
-            f"(for example unroll RNN/LSTM/GRU/Loop/Scan at export)")
+            f"(for example unroll Loop/Scan at export)")
 
 
 def output_specs(mod: "tvm.IRModule", outputs: list[TensorSpec]) -> list[TensorSpec]:

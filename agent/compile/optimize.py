@@ -15,10 +15,15 @@ in this order, all inside `with target:` (LegalizeOps and the schedules read it)
                          three quarters of its multiplies by zero, with conditions in its
                          inner loops that defeat the tile schedule: PP-OCRv4 det's two of
                          them took 37 % and 13 % of its latency.
+    positive_squeeze_axes
+                         a squeeze's negative axes written as positive ones: TVM 0.27's
+                         ConvertLayout dies with std::bad_alloc on squeeze(axis=-1), which
+                         PyTorch exports write (silero-vad's decoder has one).
     clips_as_relax_ops   (NHWC only) the frontend's opaque Clip calls as Relax maximum/minimum,
                          so that ConvertLayout need not wrap every ReLU6 in transposes
                          (agent.compile.clip)
-    ConvertLayout        convolutions to NHWC data and HWIO weights (layout "NHWC" only): the
+    ConvertLayout        convolutions to NHWC data and HWIO weights (layout "NHWC" only, and
+                         skipped in a module without convolutions): the
                          tile schedule vectorizes across output channels, and HWIO makes
                          those weights contiguous. On a 2-core AVX2 machine (p50, both
                          layouts timed in turn in one process) NHWC ran PP-OCR cls 1.15x,
@@ -102,9 +107,11 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     with target:
         mod = transposed_convolutions_as_matmul(mod)
+        mod = positive_squeeze_axes(mod)
         if CONV_LAYOUTS[layout]:
             mod = clips_as_relax_ops(fold_constants(mod))  # fold first: the bounds become constants
-            mod = relax.transform.ConvertLayout(CONV_LAYOUTS[layout])(mod)
+            if _calls_any(mod, CONV_LAYOUTS[layout]):
+                mod = relax.transform.ConvertLayout(CONV_LAYOUTS[layout])(mod)
         mod = fold_constants(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -112,6 +119,26 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
         mod = fast_math(mod)
         mod = relax.get_pipeline("zero")(mod)
         return mark_weights(mod)
+
+
+def _calls_any(mod: "tvm.IRModule", ops: dict[str, Any]) -> bool:
+    """Whether a Relax function of `mod` calls one of `ops` (by name). ConvertLayout changes
+    nothing in a module without them, and took 17 s on an unrolled LSTM's 10,000 bindings."""
+    from tvm import relax
+
+    found = False
+
+    @relax.expr_functor.visitor
+    class Finder(relax.PyExprVisitor):
+        def visit_call_(self, call: Any) -> None:
+            nonlocal found
+            found = found or getattr(call.op, "name", None) in ops
+            super().visit_call_(call)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not found:
+            Finder().visit_expr(func)
+    return found
 
 
 def mark_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
@@ -160,6 +187,8 @@ def pack_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
     from tvm import relax
 
     mod = relax.transform.SplitLayoutRewritePreproc()(mod)  # a split kernel is named <name>_prepacked
+    # One weight read by many calls (an unrolled LSTM's Rᵀ at every step) is packed once, not per call.
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
     unfolded = sorted(g.name_hint for g in mod.get_global_vars() if g.name_hint.endswith("_weight_prepack"))
@@ -225,6 +254,41 @@ def _transpose_rewriter():
             return relax.op.reshape(shuffled, (n, oc, h * kh, w * kw))
 
     return TransposeRewriter
+
+
+def positive_squeeze_axes(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """See the module docstring; squeezes whose input rank is unknown are left as they are."""
+    mod, rewriter = _mutate(mod, _squeeze_rewriter())
+    if rewriter.rewritten:
+        log.debug("%d squeeze axes made positive", rewriter.rewritten)
+    return mod
+
+
+def _squeeze_rewriter():
+    """The mutator class, made on first use: defining it imports TVM."""
+    import tvm
+    from tvm import relax
+
+    squeeze = tvm.ir.Op.get("relax.squeeze")
+
+    @relax.expr_functor.mutator
+    class SqueezeRewriter(relax.PyExprMutator):
+        def __init__(self, mod: "tvm.IRModule"):
+            super().__init__(mod)
+            self.rewritten = 0
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if call.op != squeeze or call.attrs.axis is None:
+                return call
+            axes = [int(axis) for axis in call.attrs.axis]
+            ndim = getattr(getattr(call.args[0], "ty", None), "ndim", -1)
+            if ndim is None or ndim < 0 or all(axis >= 0 for axis in axes):
+                return call
+            self.rewritten += 1
+            return relax.op.squeeze(call.args[0], [axis % ndim for axis in axes])
+
+    return SqueezeRewriter
 
 
 def _static_shape(expr: Any) -> list[int] | None:

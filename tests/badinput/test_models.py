@@ -178,9 +178,16 @@ def build_cases(root: Path) -> dict[str, tuple[dict, list[str]]]:
         graph_model([helper.make_node("Exec", ["x"], ["y"], domain="com.evil", command="reboot")],
                     [value("x", [1, 4])], [value("y", [1, 4])], domains=["com.evil"]),
         ["ClientError: ", "Exec"])
-    # An opset from the future is read as the newest one TVM knows: not an attack, and no harm.
+    # An opset from the future: onnx cannot convert it down to one TVM's frontend is written for.
     add("opset 9999", graph_model([helper.make_node("Relu", ["x"], ["y"])], [value("x", [1, 4])], [value("y", [1, 4])],
-                                  opset=9999), ["imported"])
+                                  opset=9999),
+        [BAD, "the model's opset 9999 is outside the opsets 13-23", "could not convert it to opset 23"])
+    # LSTMs are written out step by step: a million steps would be tens of millions of nodes.
+    lstm_weights = [numpy_helper.from_array(np.ones((1, 4, 1), np.float32), n) for n in ("W", "R")]
+    add("an LSTM over a million steps",
+        graph_model([helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], hidden_size=1)],
+                    [value("x", [1_000_000, 1, 1])], [value("h", [1, 1, 1])], lstm_weights),
+        [BAD, "LSTM 'h' runs over 1000000 steps", "at most 2048", "DataInputConfig"])
     chain = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(2000)]
     add("a chain of 2000 nodes (deep, not hostile)",
         graph_model(chain, [value("t0", [1, 4])], [value("t2000", [1, 4])]), ["imported"])

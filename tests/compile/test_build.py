@@ -130,3 +130,25 @@ def test_export_without_a_c_compiler(imported_and_target, monkeypatch, tmp_path)
     monkeypatch.setattr(cc, "get_cc", lambda: None)
     with pytest.raises(ServerError, match="no C compiler found to link model.so; install gcc"):
         build.export(executable, tmp_path)
+
+
+def test_a_squeeze_of_the_last_axis_compiles_in_nhwc(tmp_path):
+    """TVM 0.27's ConvertLayout died with std::bad_alloc on squeeze(axis=-1) (PyTorch's
+    x.squeeze(-1), silero-vad's decoder); optimize makes the axis positive first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.compile.helpers import save
+
+    weight = np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[3], keepdims=1),
+             helper.make_node("Squeeze", ["m", "last"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(weight, "w"),
+                                           numpy_helper.from_array(np.array([-1], np.int64), "last")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "squeeze.onnx")
+    x = np.random.default_rng(4).random((1, 3, 8, 8), dtype=np.float32)
+    got = runtime.load(compile_artifact(path, tmp_path / "artifact", layout="NHWC")).run({"x": x})
+    assert got[0].shape == (1, 4, 8)
+    np.testing.assert_allclose(got[0], onnxruntime_outputs(path, {"x": x})[0], rtol=1e-4, atol=1e-5)

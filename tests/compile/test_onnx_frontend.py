@@ -91,23 +91,19 @@ def test_unsupported_operator_maps_to_operator_not_implemented(tmp_path):
 
 
 def test_several_unsupported_operators_are_all_named(tmp_path):
-    hidden = 3
-    rng = np.random.default_rng(0)
-    weights = {"W": rng.random((1, 4 * hidden, 4), np.float32), "R": rng.random((1, 4 * hidden, hidden), np.float32)}
-    lstm = helper.make_node("LSTM", ["x", "W", "R"], ["h"], hidden_size=hidden)
+    celu = helper.make_node("Celu", ["x"], ["c"])
     det = helper.make_node("Det", ["m"], ["d"])
     graph = helper.make_graph(
-        [lstm, det], "g",
+        [celu, det], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 4]),
          helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 2])],
-        [helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("d", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(a, n) for n, a in weights.items()])
-    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "lstm.onnx")
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("d", TensorProto.FLOAT, None)])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
     with pytest.raises(ClientError) as excinfo:
         onnx_frontend.load_and_import(path, None)
     assert excinfo.value.keyword == "OperatorNotImplemented"
-    assert "LSTM" in excinfo.value.detail and "Det" in excinfo.value.detail
+    assert "Celu" in excinfo.value.detail and "Det" in excinfo.value.detail
     assert " are not supported by TVM 0.27's ONNX frontend" in excinfo.value.detail
 
 
@@ -151,6 +147,77 @@ def test_shape_folding_failure_is_an_input_configuration_error(sample, monkeypat
     assert excinfo.value.reason == ('ClientError: InputConfiguration: the model\'s shapes could not be worked out '
                                     'for the input shapes {"input": [1, 3, 64, 64]}: Shape mismatch: '
                                     '(1,3,64,64) vs (1,3,60,60)')
+
+
+# --- opsets ---------------------------------------------------------------------------------------
+def _old_opset_model(opset):
+    """Ops whose form changed after opset 9: Slice's starts/ends and Split's sizes as attributes,
+    Upsample (a Resize from opset 10), Squeeze/Unsqueeze/ReduceSum axes as attributes."""
+    nodes = [helper.make_node("Slice", ["x"], ["s"], axes=[1], starts=[1], ends=[5]),
+             helper.make_node("Upsample", ["s", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Split", ["u"], ["a", "b"], axis=2, split=[3, 5]),
+             helper.make_node("Unsqueeze", ["a"], ["a4"], axes=[0]),
+             helper.make_node("Squeeze", ["a4"], ["a3"], axes=[0]),
+             helper.make_node("ReduceSum", ["b"], ["r"], axes=[2], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a3", "r")],
+        initializer=[numpy_helper.from_array(np.array([1, 1, 2], np.float32), "scales")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_an_old_opset_is_converted_to_13_and_compiles_to_onnxruntimes_outputs(tmp_path):
+    """TVM's frontend cannot import this at opset 9 (its Slice converter reads starts as an
+    input, and Upsample fails); converted to opset 13 it compiles and agrees with onnxruntime."""
+    from agent import runtime
+    from tests.compile.helpers import compile_artifact, onnxruntime_outputs
+
+    path = save(_old_opset_model(9), tmp_path / "old.onnx")
+    model = onnx_frontend.load_model(path)
+    assert onnx_frontend.opset_version(onnx_frontend.convert_opset(model)) == onnx_frontend.MIN_OPSET == 13
+    with pytest.raises(ClientError, match="could not convert operator Slice"):
+        onnx_frontend.import_relax(model, {"x": [2, 6, 4]})  # what the conversion spares the user
+    x = np.random.default_rng(2).standard_normal((2, 6, 4)).astype(np.float32)
+    got = runtime.load(compile_artifact(path, tmp_path / "artifact")).run({"x": x})
+    want = onnxruntime_outputs(path, {"x": x})
+    assert [g.shape for g in got] == [w.shape for w in want] == [(2, 4, 3), (2, 4)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert onnx_frontend.load_and_import(path, None).opset == 9  # the metadata keeps the model's own
+
+
+def test_a_newer_opset_than_the_frontends_is_converted_down_to_23():
+    model = tiny_model("Relu", {"x": [1, 4]}, [1, 4], opset=25)
+    converted = onnx_frontend.convert_opset(model)
+    assert onnx_frontend.opset_version(converted) == onnx_frontend.MAX_OPSET == 23
+    in_range = tiny_model("Relu", {"x": [1, 4]}, [1, 4], opset=17)
+    assert onnx_frontend.convert_opset(in_range) is in_range  # left as the exporter wrote it
+    assert onnx_frontend.opset_version(onnx_frontend.prepare_graph(model, {"x": [1, 4]})) == 23
+
+
+def test_max_opset_is_the_newest_any_tvm_converter_implements():
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    versions = {int(name.removeprefix("_impl_v")) for converter in _get_convert_map().values()
+                for name in dir(converter) if name.startswith("_impl_v")}
+    assert max(versions) == onnx_frontend.MAX_OPSET
+
+
+def test_an_opset_onnx_cannot_convert_is_refused_naming_it(tmp_path):
+    path = save(tiny_model("Swish", {"x": [1, 4]}, [1, 4], opset=24), tmp_path / "swish.onnx")
+    with pytest.raises(ClientError) as excinfo:
+        onnx_frontend.load_and_import(path, None)
+    assert excinfo.value.reason == (
+        "ClientError: InputConfiguration: the model's opset 24 is outside the opsets 13-23 TVM 0.27's ONNX frontend "
+        "is written for, and onnx could not convert it to opset 23: No Previous Version of Swish exists")
+
+
+def test_a_model_without_the_default_operator_set_is_refused():
+    model = tiny_model("Relu", {"x": [1, 4]}, [1, 4])
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    with pytest.raises(ClientError, match="imports no version of the default \\(ai.onnx\\) operator set"):
+        onnx_frontend.convert_opset(model)
 
 
 # --- external data --------------------------------------------------------------------------------
