@@ -244,7 +244,7 @@ def test_the_artifact_does_not_carry_a_presigned_urls_signature():
     body = request("shared", presigned, "s3://bucket/out/")
     job = Job(name="shared", arn="arn", request=body)
     imported = SimpleNamespace(inputs=[], outputs=[], shapes={}, opset=17)
-    metadata = json.dumps(pipeline._metadata(job, imported, {}, "model.so"))
+    metadata = json.dumps(pipeline._metadata(job, "ONNX", imported, {}, "model.so"))
     assert PRESIGNED_SIGNATURE not in metadata and PRESIGNED_TOKEN not in metadata
     assert '"S3Uri": "https://bucket.s3.amazonaws.com/m/model.onnx"' in metadata
     assert job.request["InputConfig"]["S3Uri"] == presigned  # the record itself keeps what it needs
