@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
+    from agent.errors import ClientError
+
 _FRAME = re.compile(r"^(Traceback|File |\[bt\]|---|\d+: )")
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 
@@ -40,6 +42,26 @@ def summarize_error(exc: BaseException, limit: int = 400) -> str:
     errors = [line for line in useful if _ERROR_LINE.match(line)]
     text = errors[-1] if errors else (useful[0] if useful else "")
     return text[:limit] or type(exc).__name__
+
+
+def operator_error(exc: BaseException, where: str) -> "ClientError | None":
+    """TVM's operator errors in Neo's keywords (OperatorNotImplemented and the attribute ones),
+    `where` in brackets after TVM's message; None for any other error."""
+    import tvm
+
+    from agent.errors import ClientError
+
+    keywords = (
+        (tvm.error.OpNotImplemented, "OperatorNotImplemented"),
+        (tvm.error.OpAttributeUnImplemented, "OperatorAttributeNotImplemented"),
+        (tvm.error.OpAttributeRequired, "OperatorAttributeRequired"),
+        (tvm.error.OpAttributeInvalid, "OperatorAttributeValueNotValid"),
+        (tvm.error.OpError, "OperatorNotImplemented"),
+    )
+    for kind, keyword in keywords:
+        if isinstance(exc, kind):
+            return ClientError(keyword, f"{summarize_error(exc)} ({where})")
+    return None
 
 
 def rewrite_relax_functions(mod: "tvm.IRModule", mutator: Any) -> "tvm.IRModule":

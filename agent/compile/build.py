@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.compile import summarize_error
+from agent.compile import operator_error, summarize_error
 from agent.compile.optimize import DEFAULT_LAYOUT
-from agent.errors import ClientError, ServerError
+from agent.errors import ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -39,19 +39,9 @@ OBJECTS_NAME = "model.tar"  # a cross-compiled library: object files the device 
 
 
 def _translate(exc: BaseException, doing: str) -> Exception:
-    import tvm
-
-    keywords = {
-        tvm.error.OpNotImplemented: "OperatorNotImplemented",
-        tvm.error.OpAttributeUnImplemented: "OperatorAttributeNotImplemented",
-        tvm.error.OpAttributeRequired: "OperatorAttributeRequired",
-        tvm.error.OpAttributeInvalid: "OperatorAttributeValueNotValid",
-    }
-    for kind, keyword in keywords.items():
-        if isinstance(exc, kind):
-            return ClientError(keyword, f"{summarize_error(exc)} (TVM 0.27, while {doing})")
-    if isinstance(exc, tvm.error.OpError):
-        return ClientError("OperatorNotImplemented", f"{summarize_error(exc)} (TVM 0.27, while {doing})")
+    translated = operator_error(exc, f"TVM 0.27, while {doing}")
+    if translated is not None:
+        return translated
     return ServerError(KEYWORD, f"TVM 0.27 failed while {doing}: {summarize_error(exc)}")
 
 

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from agent.compile import datainput, onnx_recurrent, summarize_error
+from agent.compile import datainput, onnx_recurrent, operator_error, summarize_error
 from agent.compile.datainput import TensorSpec
 from agent.errors import ClientError
 
@@ -351,12 +351,8 @@ def import_relax(model: "onnx.ModelProto", shapes: dict[str, list[int]],
             return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes or "float32", keep_params_in_input=False)
     except tvm.error.OpNotImplemented as exc:
         raise ClientError("OperatorNotImplemented", _unsupported_detail(exc)) from exc
-    except tvm.error.OpAttributeUnImplemented as exc:
-        raise ClientError("OperatorAttributeNotImplemented", f"{summarize_error(exc)} ({FRONTEND})") from exc
-    except tvm.error.OpAttributeRequired as exc:
-        raise ClientError("OperatorAttributeRequired", f"{summarize_error(exc)} ({FRONTEND})") from exc
-    except tvm.error.OpAttributeInvalid as exc:
-        raise ClientError("OperatorAttributeValueNotValid", f"{summarize_error(exc)} ({FRONTEND})") from exc
+    except (tvm.error.OpAttributeUnImplemented, tvm.error.OpAttributeRequired, tvm.error.OpAttributeInvalid) as exc:
+        raise operator_error(exc, FRONTEND) from exc
     except MemoryError:
         raise
     except Exception as exc:

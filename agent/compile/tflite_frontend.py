@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.compile import datainput, summarize_error
+from agent.compile import datainput, operator_error, summarize_error
 from agent.compile.datainput import TensorSpec
 from agent.errors import ClientError
 
@@ -134,10 +134,8 @@ def import_relax(model: Any, shapes: dict[str, list[int]], dtypes: dict[str, str
     except tvm.error.OpNotImplemented as exc:
         detail = " ".join(str(exc).split())
         raise ClientError("OperatorNotImplemented", f"{detail[:700]} ({FRONTEND})") from exc
-    except tvm.error.OpAttributeUnImplemented as exc:
-        raise ClientError("OperatorAttributeNotImplemented", f"{summarize_error(exc)} ({FRONTEND})") from exc
-    except tvm.error.OpAttributeInvalid as exc:
-        raise ClientError("OperatorAttributeValueNotValid", f"{summarize_error(exc)} ({FRONTEND})") from exc
+    except (tvm.error.OpAttributeUnImplemented, tvm.error.OpAttributeRequired, tvm.error.OpAttributeInvalid) as exc:
+        raise operator_error(exc, FRONTEND) from exc
     except MemoryError:
         raise
     except Exception as exc:
