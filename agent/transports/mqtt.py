@@ -204,9 +204,10 @@ class PahoSession:
 
     # --- paho callbacks (paho's network thread) ----------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._answered.set()
+        # `_answered` wakes start(), which then reads `connected` and `refused`: set them first.
         if reason_code.is_failure:
             self.refused = str(reason_code)
+            self._answered.set()
             log.error("mqtt: %s:%s refused the connection: %s", self.settings.host, self.settings.port, reason_code)
             return
         self.refused = ""
@@ -215,6 +216,7 @@ class PahoSession:
         if self._filters:
             client.subscribe([(f, topics.QOS) for f in self._filters])
         self._connected.set()
+        self._answered.set()
         _safely(self.on_connected)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

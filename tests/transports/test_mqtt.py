@@ -375,6 +375,35 @@ def test_a_broker_that_refuses_the_login_is_a_configuration_error(tmp_path):
         assert time.monotonic() - started < WAIT_S / 2  # the refusal, not a timeout
 
 
+class _OutcomeAtWake(threading.Event):
+    """An Event that records what a waiter woken by it would read: (connected, refused)."""
+
+    def __init__(self, session: PahoSession):
+        super().__init__()
+        self.session, self.seen = session, []
+
+    def set(self) -> None:
+        self.seen.append((self.session.connected, self.session.refused))
+        super().set()
+
+
+@pytest.mark.parametrize("anonymous", [True, False], ids=["accepted", "refused"])
+def test_start_reads_the_outcome_of_the_connack_that_woke_it(tmp_path, anonymous):
+    """start() wakes on the CONNACK and returns `connected`: paho's thread must record the outcome
+    before it wakes the caller, or an accepted connection reads as "cannot reach the broker"."""
+    config = [] if anonymous else ["allow_anonymous false"]
+    with Mosquitto(tmp_path / "broker", extra_config=config) as broker:
+        session = PahoSession(MqttConfig(host=broker.host, port=broker.port), "wake-order", persistent=False)
+        session._answered = _OutcomeAtWake(session)
+        try:
+            assert session.start(WAIT_S) is anonymous
+        finally:
+            session.close()
+    connected, refused = session._answered.seen[0]
+    assert connected is anonymous
+    assert bool(refused) is not anonymous
+
+
 @pytest.mark.faults
 def test_an_agent_started_before_its_broker_connects_when_it_comes(tmp_path):
     broker = Mosquitto(tmp_path / "late")
