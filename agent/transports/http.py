@@ -24,6 +24,11 @@ AccessDeniedException (403, a non-loopback Host on the loopback endpoint), the A
 
 One request per connection (HTTP/1.0 answers), so closing the listener is all it takes to stop
 accepting work; requests already read are answered before `stop` returns.
+
+Bounded under many clients: at most MAX_CONNECTIONS connections are served at once (one thread
+each); the next ones wait in the listen backlog, then the kernel's. A client must send its whole
+request within REQUEST_DEADLINE_S (and never pause REQUEST_TIMEOUT_S) or its connection is
+closed, so idle or trickling connections cannot hold every slot.
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB; a CreateCompilationJob body is a few KiB at m
 CONTENT_TYPE = "application/x-amz-json-1.1"
 TARGET_PREFIX = "SageMaker."
 REQUEST_TIMEOUT_S = 30.0  # a client that stalls mid-request loses its connection, not a thread forever
+REQUEST_DEADLINE_S = 60.0  # and one that trickles a byte now and then: the whole request within this
+MAX_CONNECTIONS = 64  # handled at once; more wait in the listen backlog until one ends
 SERVE_POLL_S = 0.2  # how soon the accept loop notices stop()
 LINGER_S, LINGER_MAX_BYTES = 1.0, 4 << 20  # a refused, unread body: how long and how much to discard
 
@@ -151,6 +158,7 @@ class HttpTransport:
             target=self._server.serve_forever, kwargs={"poll_interval": SERVE_POLL_S}, name="http", daemon=True
         )
         self._thread.start()
+        threading.Thread(target=self._server.cut_slow_requests, name="http-deadline", daemon=True).start()
         log.info("http: serving SageMaker's JSON protocol on %s (%s)", self.url,
                  "SigV4 required" if self.require_signature else "loopback, no signature required")
 
@@ -160,6 +168,7 @@ class HttpTransport:
         if server is None:
             return
         deadline = time.monotonic() + timeout
+        server.closing.set()  # a connection waiting for a slot is closed, the deadline thread ends
         server.shutdown()  # the accept loop ends within SERVE_POLL_S
         server.server_close()
         if self._thread is not None:
@@ -221,7 +230,55 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, transport: HttpTransport):
         self.address_family = family
         self.transport = transport
+        self.closing = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._reading: dict[socket.socket, float] = {}  # connection -> when its request must be in
+        self._reading_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    # --- at most MAX_CONNECTIONS at once, each with REQUEST_DEADLINE_S to send its request ----
+    def process_request(self, request, client_address) -> None:
+        while not self._slots.acquire(timeout=SERVE_POLL_S):  # the accept loop waits here
+            if self.closing.is_set():
+                self.shutdown_request(request)
+                return
+        with self._reading_lock:
+            self._reading[request] = time.monotonic() + REQUEST_DEADLINE_S
+        try:
+            super().process_request(request, client_address)  # a thread runs process_request_thread
+        except BaseException:
+            self.request_read(request)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.request_read(request)
+            self._slots.release()
+
+    def request_read(self, request) -> None:
+        """The connection's request is in (or it is gone): no deadline any more."""
+        with self._reading_lock:
+            self._reading.pop(request, None)
+
+    def cut_slow_requests(self) -> None:
+        """Until the server closes: shut the connections whose request is not in by its deadline
+        (their handler's read then ends, and so does their thread)."""
+        while not self.closing.wait(min(1.0, REQUEST_DEADLINE_S / 4)):
+            now = time.monotonic()
+            with self._reading_lock:
+                late = [sock for sock, due in self._reading.items() if due <= now]
+                for sock in late:
+                    del self._reading[sock]
+            for sock in late:
+                log.warning("http: a client sent no complete request within %.0f s; its connection is closed",
+                            REQUEST_DEADLINE_S)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our fully qualified name, which can hang on a
@@ -259,6 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if body is None:
                 return  # the client went away mid-body; there is no one to answer
+            self.server.request_read(self.request)
             answer = self.server.transport.answer(self.command, self.path, list(self.headers.items()), body)
             status, payload, error = 200, answer, None
         except ApiError as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
+import time
 import uuid
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.service.agent import Agent
+from agent.transports import http as http_transport
 from agent.transports.http import MAX_BODY_BYTES, HttpTransport, is_loopback, parse_address
 from tests.service.daemon_process import job_request, kill_alarm  # noqa: F401 - the fixture
 
@@ -151,6 +154,55 @@ def test_stop_closes_the_listener_and_is_safe_twice(agent):
     transport.stop(timeout=5)
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+# --- many and slow clients -------------------------------------------------------------------
+@pytest.fixture
+def small_endpoint(agent, monkeypatch):
+    """An endpoint serving at most 4 connections at once, each with 2 s to send its request."""
+    monkeypatch.setattr(http_transport, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(http_transport, "REQUEST_DEADLINE_S", 2.0)
+    transport = HttpTransport(agent.api_for("http"), "127.0.0.1:0")
+    transport.start()
+    yield transport
+    transport.stop(timeout=5)
+
+
+def _address(transport) -> tuple[str, int]:
+    host, port = transport.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_idle_connections_hold_at_most_the_cap_of_threads_and_are_cut_at_the_deadline(small_endpoint):
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(_address(small_endpoint), timeout=10) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - threads_before <= 4  # 8 idle clients, 4 handler threads
+        started = time.monotonic()
+        status, _, body = send(small_endpoint)  # waits its turn: the idle ones are cut, 4 every 2 s
+        assert (status, body) == (200, {"CompilationJobSummaries": []})
+        assert 2 <= time.monotonic() - started < 9
+        assert idle[0].recv(1) == b""  # the server closed the first idle connection
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_trickling_its_request_is_cut_at_the_deadline(small_endpoint):
+    sock = socket.create_connection(_address(small_endpoint), timeout=10)
+    started = time.monotonic()
+    try:
+        request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: SageMaker.ListCompilationJobs\r\n"
+        for byte in request:
+            sock.sendall(bytes([byte]))  # a byte every 0.1 s: never REQUEST_TIMEOUT_S of silence
+            time.sleep(0.1)
+            if time.monotonic() - started > 10:
+                break
+        assert sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # cut while sending: as good
+    assert time.monotonic() - started < 5  # cut at its 2 s deadline, not after the whole request
 
 
 # --- configuration --------------------------------------------------------------------------
