@@ -34,6 +34,10 @@ DEFAULT_ATOL = 1e-3
 DEFAULT_MAX_RETAINED_MB = 2048  # ended jobs' files kept on disk (agent.runner.housekeeping)
 DEFAULT_MIN_FREE_MB = 1024  # a job starts only with this much free in the state directory
 DEFAULT_HTTP = "127.0.0.1:8573"  # the SageMaker-protocol endpoint; on loopback it needs no signature
+# The channels (transport names) whose callers may name file:// locations, which read and write
+# the agent user's files: by default only the HTTP endpoint (loopback, or SigV4-signed callers).
+CHANNELS = ("http", "mqtt", "iotcore", "iotjobs", "greengrass")
+DEFAULT_FILE_URI_CHANNELS = ("http",)
 
 
 def default_state_dir() -> Path:
@@ -364,6 +368,9 @@ class AgentConfig:
     # Allow CreateCompilationJob for a target this device is not: the artifact is built,
     # verification and benchmark are skipped and metrics say not measured.
     cross_compile: bool = False
+    # Which channels' requests may name file:// URIs (S3Uri, S3OutputLocation); see CHANNELS.
+    # The agent's in-process API (the demo, tests) always may.
+    file_uri_channels: tuple[str, ...] = DEFAULT_FILE_URI_CHANNELS
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
     tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
@@ -380,6 +387,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
+        self.file_uri_channels = tuple(self.file_uri_channels)
         self.validate()
 
     def validate(self) -> None:
@@ -398,6 +406,9 @@ class AgentConfig:
                 raise ConfigError(f"{key}: must not be negative")
         if not isinstance(self.cross_compile, bool):
             raise ConfigError(f"cross_compile: must be true or false, got {self.cross_compile!r}")
+        unknown = [c for c in self.file_uri_channels if c not in CHANNELS]
+        if unknown:
+            raise ConfigError(f"file_uri_channels: {unknown!r} not among the channels {', '.join(CHANNELS)}")
         if self.bench.threads < 1:
             raise ConfigError("bench.threads: must be at least 1")
         if self.bench.min_iterations < 1:

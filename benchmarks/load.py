@@ -178,7 +178,7 @@ def load_test(tmp: Path, broker, count: int, queue_limit: int, job_timeout: floa
 
     env = {"NEO_AGENT_MQTT_ENABLED": "true", "NEO_AGENT_MQTT_HOST": "127.0.0.1", "NEO_AGENT_MQTT_PORT": str(broker.port),
            "NEO_AGENT_MQTT_THING_NAME": "load-thing", "NEO_AGENT_QUEUE_LIMIT": str(queue_limit),
-           "NEO_AGENT_CONCURRENCY": "2"}
+           "NEO_AGENT_CONCURRENCY": "2", "NEO_AGENT_FILE_URI_CHANNELS": "http,mqtt"}  # scripted requests: file://
     daemon = DaemonProcess(tmp / "state", scripted=True, env=env).start()
     try:
         daemon.wait_log("mqtt://127.0.0.1")

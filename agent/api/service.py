@@ -18,7 +18,13 @@ from typing import Any, Callable, Protocol
 
 from agent.api import shapes
 from agent.api.arns import compilation_job_arn
-from agent.api.validation import PATTERN_OVERRIDES, TargetCheck, device_target_check, validate_create
+from agent.api.validation import (
+    PATTERN_OVERRIDES,
+    TargetCheck,
+    check_file_uris,
+    device_target_check,
+    validate_create,
+)
 from agent.config import AgentConfig
 from agent.errors import ServiceUnavailable, UnknownOperationException, ValidationException
 from agent.jobs.job import TERMINAL, Job, Status
@@ -93,6 +99,8 @@ class CompilationService:
         self.validator.validate("CreateCompilationJob", body)
         request = _drop_nulls(body)
         validate_create(request, self.target_check)
+        if self.channel:
+            check_file_uris(request, self.channel, self.config.file_uri_channels)
         if self.config.s3.role_aliases:
             # The device can act only as the roles it holds AWS IoT role aliases for: refuse
             # another RoleArn now rather than fail the job at its first S3 request.

@@ -7,7 +7,9 @@ CompilerOptions through the device profiles, agent.device).
 Each rule raises ValidationException with a message that names the member.
 
 Documented extensions to SageMaker's rules:
-- S3Uri and S3OutputLocation also accept `file://` URIs, for offline devices (RELAXED_URI_PATTERN).
+- S3Uri and S3OutputLocation also accept `file://` URIs, for offline devices (RELAXED_URI_PATTERN),
+  from the channels the agent's `file_uri_channels` setting names (by default the HTTP endpoint
+  only): a file:// location reads or writes the agent user's files (check_file_uris).
 - InputConfig.S3Uri may name a bare model file of its Framework (`.onnx`, `.pt`, `.pth`, `.pt2`,
   `.tflite`), not only a `.tar.gz` archive.
 - Framework and FrameworkVersion are checked against what this device has installed
@@ -65,6 +67,23 @@ def validate_create(body: dict[str, Any], target_check: TargetCheck) -> None:
     _check_input_config(body["InputConfig"])
     _check_output_config(body["OutputConfig"])
     target_check(body["OutputConfig"])
+
+
+def check_file_uris(body: dict[str, Any], channel: str, allowed: tuple[str, ...]) -> None:
+    """A file:// S3Uri or S3OutputLocation only from a channel in `allowed` (the agent's
+    file_uri_channels setting): from anywhere else it would reach the agent user's files."""
+    if channel in allowed:
+        return
+    locations = (("InputConfig.S3Uri", (body.get("InputConfig") or {}).get("S3Uri")),
+                 ("OutputConfig.S3OutputLocation", (body.get("OutputConfig") or {}).get("S3OutputLocation")))
+    for member, uri in locations:
+        if isinstance(uri, str) and urlsplit(uri).scheme.lower() == "file":  # as agent.storage.uri reads it
+            where = f"from {', '.join(allowed)} only" if allowed else "from no channel"
+            raise ValidationException(
+                f"{member}: this agent takes file:// locations {where}, and this request came over {channel}; "
+                "use an s3:// URI (the agent's file_uri_channels setting, NEO_AGENT_FILE_URI_CHANNELS, "
+                "decides which channels may name the device's files)."
+            )
 
 
 def _check_model_source(body: dict[str, Any]) -> None:

@@ -34,4 +34,4 @@ def runner() -> FakeRunner:
 
 @pytest.fixture
 def service(store, runner, config) -> CompilationService:
-    return CompilationService(store, runner, config, channel="test/channel", target_check=X86_TARGETS)
+    return CompilationService(store, runner, config, channel="http", target_check=X86_TARGETS)

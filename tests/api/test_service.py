@@ -26,7 +26,7 @@ def test_create_records_the_job_and_enqueues_it(service, store, runner):
     assert job.name == "Resnet-50" and job.arn == arn
     assert job.request == body  # exactly as accepted
     assert job.status == Status.STARTING
-    assert job.channel == "test/channel"
+    assert job.channel == "http"
     assert runner.calls == [("enqueue", "Resnet-50")]
 
 

@@ -58,8 +58,8 @@ def valid_body(name: str = "fuzz-base") -> dict[str, Any]:
 class Served:
     """An Agent with an HttpTransport on 127.0.0.1:0 and an MqttApiBinding answering in-process."""
 
-    def __init__(self, state_dir: Path, access: AccessPolicy | None = None):
-        self.agent = Agent(AgentConfig(state_dir=state_dir, queue_limit=10**6))
+    def __init__(self, state_dir: Path, access: AccessPolicy | None = None, **settings: Any):
+        self.agent = Agent(AgentConfig(state_dir=state_dir, queue_limit=10**6, **settings))
         self.http_api = self._api("http")
         self.http = HttpTransport(self.http_api, "127.0.0.1:0")
         self.published: list[Outgoing] = []

@@ -23,6 +23,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from agent.config import AgentConfig, BenchConfig, MqttConfig, S3Config
+from agent.errors import ConfigError
 from agent.service.agent import Agent
 from agent.transports.binding import AccessPolicy
 from agent.transports.http import HttpTransport
@@ -230,6 +231,41 @@ def test_mqtt_allow_lists_refuse_with_access_denied_and_store_nothing(tmp_path):
     finally:
         served.stop()
     tally("Security: MQTT requests refused by the allow-lists or the topic scheme", 6)
+
+
+def _with_file_uri(name: str, member: str) -> dict:
+    body = valid_body(name)
+    if member == "InputConfig.S3Uri":
+        body["InputConfig"]["S3Uri"] = "file:///etc/neo-agent/model.tar.gz"
+    else:
+        body["OutputConfig"]["S3OutputLocation"] = "file:///var/lib/neo-agent/out/"
+    return body
+
+
+def test_file_uris_are_taken_only_from_the_channels_the_setting_names(tmp_path):
+    """file:// reads and writes the agent user's files: by default only the HTTP endpoint's
+    callers may name it; an MQTT caller gets a ValidationException naming the member."""
+    served = Served(tmp_path / "state").start()
+    try:
+        for member in ("InputConfig.S3Uri", "OutputConfig.S3OutputLocation"):
+            code, message = mqtt_error(served.publish(json.dumps(_with_file_uri("over-mqtt", member)).encode()))
+            assert code == "ValidationException" and message.startswith(member) and "file_uri_channels" in message
+        assert served.job_count() == 0
+        for member in ("InputConfig.S3Uri", "OutputConfig.S3OutputLocation"):
+            status, _, answer = served.post(json.dumps(_with_file_uri(f"over-http-{member[0].lower()}", member)).encode())
+            assert status == 200, answer
+        assert served.job_count() == 2
+    finally:
+        served.stop()
+    opened = Served(tmp_path / "opened", file_uri_channels=["http", "mqtt"])
+    try:
+        topic, _ = opened.publish(json.dumps(_with_file_uri("allowed", "InputConfig.S3Uri")).encode())
+        assert topic == f"neo/{THING}/CreateCompilationJob/accepted" and opened.job_count() == 1
+    finally:
+        opened.stop()
+    with pytest.raises(ConfigError, match="file_uri_channels.*'bluetooth'"):
+        AgentConfig(state_dir=tmp_path / "other", file_uri_channels=("http", "bluetooth"))
+    tally("Security: file:// locations from a channel the file_uri_channels setting leaves out", 2)
 
 
 def test_the_artifact_does_not_carry_a_presigned_urls_signature():

@@ -299,7 +299,8 @@ def test_the_final_status_of_a_job_ended_by_shutdown_leaves_before_the_process_d
     from tests.transports.mqtt_harness import RawClient, body
 
     env = {"NEO_AGENT_MQTT_ENABLED": "true", "NEO_AGENT_MQTT_HOST": "127.0.0.1",
-           "NEO_AGENT_MQTT_PORT": str(mosquitto.port), "NEO_AGENT_MQTT_THING_NAME": "stopping-thing"}
+           "NEO_AGENT_MQTT_PORT": str(mosquitto.port), "NEO_AGENT_MQTT_THING_NAME": "stopping-thing",
+           "NEO_AGENT_FILE_URI_CHANNELS": "http,mqtt"}  # the scripted request names file:// locations
     watcher = RawClient(mosquitto)
     watcher.subscribe("neo/stopping-thing/jobs/+/events")
     daemon = DaemonProcess(tmp_path / "state", scripted=True, env=env).start()

@@ -63,7 +63,8 @@ class ServedAgent:
 
     def __init__(self, state_dir: Path, settings: MqttConfig, *, scripted: bool = True, connect_timeout: float = WAIT_S):
         self.config = AgentConfig(state_dir=state_dir, bench=FAST_BENCH, stop_grace_s=1.0, deadline_grace_s=1.0,
-                                  pipeline_module=SCRIPTED if scripted else "agent.pipeline", mqtt=settings)
+                                  pipeline_module=SCRIPTED if scripted else "agent.pipeline", mqtt=settings,
+                                  file_uri_channels=("mqtt",))  # the requests name file:// locations
         self.agent = Agent(self.config)
         self.transport = MqttTransport.from_agent(self.agent)
         self.connect_timeout = connect_timeout

@@ -25,7 +25,7 @@ import yaml
 from awsiot.greengrasscoreipc import model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
-from agent.config import IotCoreConfig
+from agent.config import CHANNELS, IotCoreConfig
 from agent.errors import ConfigError
 from agent.jobs.events import Event
 from agent.service.agent import Agent
@@ -63,7 +63,8 @@ def serve(tmp_path, recipe):
 
     def start(jobs: bool = False, cloud=None, recipe_changes=None, **options):
         nucleus = FakeNucleus(recipe_changes(recipe) if recipe_changes else recipe, THING, cloud, **options)
-        agent = Agent(make_config(tmp_path / f"agent-{len(running)}", iotcore=IotCoreConfig(jobs=jobs)))
+        agent = Agent(make_config(tmp_path / f"agent-{len(running)}", iotcore=IotCoreConfig(jobs=jobs),
+                                  file_uri_channels=CHANNELS))  # the scripted requests name file:// locations
         transports = greengrass_transports(agent, environ={greengrass.THING_ENV: THING},
                                            client_factory=nucleus.client)
         agent.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, BenchConfig
+from agent.config import CHANNELS, AgentConfig, BenchConfig
 from agent.errors import ValidationException
 from agent.samples import make_sample_archive
 from agent.service.agent import Agent
@@ -73,9 +73,10 @@ def serve(tmp_path, iot_settings):
 
     def start(scripted: bool = True):
         if scripted:
-            config = make_config(tmp_path, iotcore=iot_settings, pipeline_module=SPACED)
+            config = make_config(tmp_path, iotcore=iot_settings, pipeline_module=SPACED, file_uri_channels=CHANNELS)
         else:
-            config = AgentConfig(state_dir=tmp_path / "state", bench=FAST_BENCH, iotcore=iot_settings)
+            config = AgentConfig(state_dir=tmp_path / "state", bench=FAST_BENCH, iotcore=iot_settings,
+                                 file_uri_channels=CHANNELS)  # the documents name file:// locations
         agent = Agent(config)
         transport = IotJobsTransport(agent, IotCoreConnection(iot_settings))
         agent.start()
