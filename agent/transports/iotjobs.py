@@ -18,6 +18,7 @@ One execution at a time, as the IoT Device Client does; the others wait QUEUED a
         compile started                 ──> IN_PROGRESS {stage, percent, ...}, stepTimeoutInMinutes
         progress (a new stage, or every jobs_progress_interval_s) ──> IN_PROGRESS {stage, percent}
         COMPLETED                       ──> SUCCEEDED {CompilationJobArn, S3ModelArtifacts, p50s, speedup}
+                                            (TVM beside the Framework's reference: onnxruntime, torch, LiteRT)
         FAILED / STOPPED                ──> FAILED    {FailureReason}
     then start-next again for the next execution.
 
@@ -375,9 +376,10 @@ class IotJobsTransport:
             return self._finish("SUCCEEDED", details(
                 **common, S3ModelArtifacts=(job.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
                 ArtifactDigest=(job.get("ModelDigests") or {}).get("ArtifactDigest"),
-                tvm_p50_ms=_p50(metrics, "tvm"), onnxruntime_p50_ms=_p50(metrics, "onnxruntime"),
-                speedup_vs_onnxruntime=_number(metrics.get("speedup_vs_onnxruntime")), stage="upload",
-                percent="100"))
+                tvm_p50_ms=_p50(metrics, "tvm"), reference_engine=metrics.get("reference_engine"),
+                reference_p50_ms=_p50(metrics, "reference"),
+                speedup_vs_reference=_number(metrics.get("speedup_vs_reference")), stage="upload",
+                percent="100"))  # 10 pairs: IoT Jobs' most
         reason = job.get("FailureReason") or (
             f"ClientError: Stopped: compilation job {job['CompilationJobName']} was stopped before it finished")
         self._finish("FAILED", details(**common, FailureReason=reason))
