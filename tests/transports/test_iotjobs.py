@@ -91,8 +91,10 @@ def serve(tmp_path, iot_settings):
 
 
 def iot_env(settings) -> dict[str, str]:
-    """The settings as `neo-agent run` reads them: NEO_AGENT_IOTCORE_* variables."""
-    return {f"NEO_AGENT_IOTCORE_{key.upper()}": str(value) for key, value in settings.__dict__.items()}
+    """The settings as `neo-agent run` reads them: NEO_AGENT_IOTCORE_* variables (and the
+    documents' file:// locations allowed)."""
+    return {**{f"NEO_AGENT_IOTCORE_{key.upper()}": str(value) for key, value in settings.__dict__.items()},
+            "NEO_AGENT_FILE_URI_CHANNELS": ",".join(CHANNELS)}
 
 
 def status_of(jobs: JobsService, job_id: str) -> str:
