@@ -9,8 +9,10 @@
     target          the TVM target for this host (CompilerOptions mcpu/mattr), device description
     options         CompilerOptions: the keys a request may use (mcpu, mattr, dtype, layout)
     optimize        layout, constant folding, fusion, then a CPU schedule for every kernel
-    clip, fast_math graph rewrites optimize runs: Clip as Relax maximum/minimum; exp, erf,
-                    tanh, sigmoid and softmax as vectorizable approximations
+    clip, fast_math, pad_columns
+                    graph rewrites optimize runs: Clip as Relax maximum/minimum; exp, erf,
+                    tanh, sigmoid and softmax as vectorizable approximations; a matmul's odd
+                    output width padded to whole vector tiles
     schedule        the CPU schedule rules and schedule_module (no tuning)
     build           optimize -> VM executable -> model.so
 

@@ -36,6 +36,11 @@ in this order, all inside `with target:` (LegalizeOps and the schedules read it)
                          FoldConstant does the same by building one PrimFunc per constant,
                          which took 15 s for PP-OCR cls's 232 of them; it still runs after,
                          for anything else.
+    padded_matmul_columns
+                         a matmul by a constant weight whose output columns no vector
+                         register divides (a recognizer's 6625 characters) computes whole
+                         tiles of zero-padded columns and slices the extra ones off
+                         (agent.compile.pad_columns)
     DecomposeOpsForInference, CanonicalizeBindings
                          batch norm into arithmetic the fusion can absorb
     fast_math            exp, erf, tanh, sigmoid and softmax as vectorizable polynomial
@@ -66,6 +71,7 @@ import numpy as np
 from agent.compile import schedule
 from agent.compile.clip import clips_as_relax_ops
 from agent.compile.fast_math import fast_math
+from agent.compile.pad_columns import padded_matmul_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -113,6 +119,7 @@ def fuse(mod: "tvm.IRModule", target: "tvm.target.Target", layout: str = DEFAULT
             if _calls_any(mod, CONV_LAYOUTS[layout]):
                 mod = relax.transform.ConvertLayout(CONV_LAYOUTS[layout])(mod)
         mod = fold_constants(mod)
+        mod = padded_matmul_columns(mod, schedule.vector_lanes(target), schedule.TILE_VECTORS)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
