@@ -1,6 +1,6 @@
 """Matmuls by a constant weight, padded to whole vector registers of output columns.
 
-    padded_matmul_columns(mod, lanes) -> mod      after fold_constants (the weights are constants)
+    padded_matmul_columns(mod, lanes, tile_vectors) -> mod     after fold_constants (weights are constants)
 
 The tile schedule (agent.compile.schedule) vectorizes a matmul across its output columns N, in
 tiles TILE_VECTORS registers wide, and needs a vector width that divides N. A recognizer's
