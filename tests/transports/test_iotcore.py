@@ -82,7 +82,7 @@ class Requester:
 @pytest.fixture
 def served(tmp_path, iot_broker, iot_settings):
     """An agent (scripted pipeline) serving its API over the mTLS connection, and a requester."""
-    config = make_config(tmp_path, iotcore=iot_settings)
+    config = make_config(tmp_path, iotcore=iot_settings, file_uri_channels=["iotcore"])  # scripted jobs: file://
     agent = Agent(config)
     connection = IotCoreConnection(iot_settings)
     transport = IotCoreTransport(agent, connection)
