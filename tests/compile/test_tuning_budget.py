@@ -100,3 +100,25 @@ def test_a_search_round_fits_in_what_is_left_even_for_a_costly_task(window_s, ba
     job.seconds_per_trial = 1.0
     assert job._batch(time.time() + window_s) == batch
     assert job._batch(float("inf")) == 64
+
+
+def test_the_time_kept_after_tuning_compares_every_workload_that_will_hold_records():
+    """Step 5 must decide every workload with records, or the warm recompile does it (YOLOv8n's
+    and PP-OCRv4 rec's took 78 and 74 s): the reserve counts the planned workloads and those
+    an earlier job left undecided, once each, plus one for the round that ends late."""
+    from agent.compile import schedule
+    from agent.compile.tuning.database import Entry, record_id
+    from agent.compile.tuning.job import COMPARE_S_PER_TASK, REBUILD_FACTOR, SAFETY_S, TuningJob
+
+    job = TuningJob(None, None, float("inf"), None, 64, 1)
+    job.tasks = {w: object() for w in ("a", "b", "c", "d")}
+    record = ["trace", "workload"]
+    job.entries = {
+        "b": Entry("b", "", 64, [record]),                                   # tuned, never compared
+        "c": Entry("c", "", 64, [record], {"rule": "cpu-tile/0", "record": "x"}),  # an older rule's choice
+    }
+    job.entries["d"] = Entry("d", "", 64, [record], {"rule": schedule.RULE_VERSION, "record": record_id(record)})
+    assert job._undecided_set() == {"b", "c"}
+    base = REBUILD_FACTOR * 10.0 + SAFETY_S
+    assert job._reserve_s(10.0, {"a": 64, "b": 32}) == base + COMPARE_S_PER_TASK * (3 + 1)
+    assert job._reserve_s(10.0, {}) == base + COMPARE_S_PER_TASK * (2 + 1)
