@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 # Bump when a rule changes what it produces, so metrics from two versions are not confused.
-RULE_VERSION = "cpu-tile/3"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide
+RULE_VERSION = "cpu-tile/4"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
+# 4: the column loop outermost where weights re-read per row tile would stream from beyond L2
 
 # SIMD register width by target feature, widest first. target_has_features asks LLVM about
 # the target's mtriple/mcpu/mattr, so a CompilerOptions mcpu or mattr counts. LLVM's own
@@ -63,6 +64,14 @@ TILE_VECTORS = 2
 ROW_TILE = 4
 ROW_TILE_FALLBACKS = (7, 6, 3, 2)  # rows for outputs too short or odd for ROW_TILE: see _row_tile
 MIN_TILE_WIDTH = 4  # narrower than this a vector loop costs more than it saves
+
+# The private cache per core that an operand re-read by every tile is assumed to stay in:
+# 256 KiB, the smallest per-core L2 of the CPUs the device profiles name (Jetson Orin's
+# Cortex-A78AE; x86 cores have 256 KiB to 2 MiB). See _column_first.
+L2_BYTES = 256 * 1024
+# A column-first tile runs its column loop in parallel when it has at least this many
+# columns, its row tiles otherwise (one 16-channel column of a large weight).
+MIN_PARALLEL_COLUMNS = 4
 
 # A reduction whose innermost output axis is shorter than this reduces along rows (softmax
 # over the last axis, mean over channels): tiling across outputs would vectorize nothing,
@@ -263,23 +272,24 @@ def _tile_reduction(sch: "s_tir.Schedule", block: Any, lanes: int) -> list[str]:
     """Register-tile one reduction block; returns the epilogue blocks computed on its tile.
 
     Loop order:  parallel(outer spatial) > tile column > reductions > tile rows (unrolled)
-    > tile width (vectorized). The accumulators (rows x width) live in a local buffer that
-    LLVM keeps in registers; each input value is loaded once per tile row and broadcast, and
-    with NHWC/HWIO layouts the vectorized output channels read contiguous weights.
+    > tile width (vectorized), or the column loop first where _column_first says so. The
+    accumulators (rows x width) live in a local buffer that LLVM keeps in registers; each
+    input value is loaded once per tile row and broadcast, and with NHWC/HWIO layouts the
+    vectorized output channels read contiguous weights.
     """
-    spatial = [it.loop_rv for it in block.iters if it.kind == "S"]
+    spatial = [it for it in block.iters if it.kind == "S"]
     reduce = [it.loop_rv for it in block.iters if it.kind == "R"]
     if not spatial or not reduce:
         raise ValueError(f"{block.name}: not a reduction over outputs")
     full = [TILE_VECTORS * lanes, lanes]  # whole registers
     inner = spatial[-1]
     strided = False
-    width = _divisor(_extent(sch, inner), full + [MIN_TILE_WIDTH])
+    width = _divisor(_extent(sch, inner.loop_rv), full + [MIN_TILE_WIDTH])
     if width is None:
         # Innermost output axis too short or odd (7, 14, 18): vectorize the longest other
         # output axis instead (a strided but still vector loop), whole registers if possible.
         for widths in (full, [MIN_TILE_WIDTH]):
-            index = _longest(sch, spatial[:-1], widths)
+            index = _longest(sch, [it.loop_rv for it in spatial[:-1]], widths)
             if index is not None:
                 break
         else:
@@ -287,24 +297,86 @@ def _tile_reduction(sch: "s_tir.Schedule", block: Any, lanes: int) -> list[str]:
         inner = spatial.pop(index)
         spatial.append(inner)
         strided = True
-        width = _divisor(_extent(sch, inner), widths)
-    column, vector = sch.split(inner, [None, width])
+        width = _divisor(_extent(sch, inner.loop_rv), widths)
+    column, vector = sch.split(inner.loop_rv, [None, width])
     windowed = not strided and sum((_extent(sch, loop) or 2) > 1 for loop in reduce) > 1
     tall = ROW_TILE * TILE_VECTORS if width == lanes else ROW_TILE  # one vector wide: as many accumulators
-    outer, rows = _row_tile(sch, spatial[:-1], windowed=windowed, tall=tall)
-    sch.reorder(*outer, column, *reduce, *rows, vector)
+    outer, rows = _row_tile(sch, [it.loop_rv for it in spatial[:-1]], windowed=windowed, tall=tall)
+    column_first = bool(outer) and _column_first(sch, block, inner.var, outer, column)
+    if column_first:
+        sch.reorder(column, *outer, *reduce, *rows, vector)
+    else:
+        sch.reorder(*outer, column, *reduce, *rows, vector)
+    tile = outer[-1] if column_first else column  # the innermost loop above the reduction
 
     accumulate = sch.cache_write(block.block_rv, 0, "local")
-    sch.reverse_compute_at(accumulate, column)
-    epilogue = _attach_epilogue(sch, block.block_rv, column)
+    sch.reverse_compute_at(accumulate, tile)
+    epilogue = _attach_epilogue(sch, block.block_rv, tile)
     for attached in [accumulate, *[sch.get_sblock(name) for name in epilogue]]:
         _vectorize_innermost(sch, attached)
     for row in rows:
         sch.unroll(row)
     sch.vectorize(vector)
-    _parallel(sch, outer or [column])
+    if not column_first:
+        _parallel(sch, outer or [column])
+    elif (_extent(sch, column) or 0) >= MIN_PARALLEL_COLUMNS:
+        _parallel(sch, [column])
+    else:
+        _parallel(sch, outer)  # inside the column loop: a parallel region per column
     sch.decompose_reduction(block.block_rv, reduce[0])
     return epilogue
+
+
+def _column_first(sch: "s_tir.Schedule", block: Any, column_var: Any, outer: list, column: Any) -> bool:
+    """Whether the tile's column loop goes outside its row tiles.
+
+    Row tiles outermost (the default), every row tile reads all of the weights: their whole
+    panel set is re-read once per row tile. Columns outermost, each column's weight panel is
+    read by all row tiles in a row while it is in cache, and the input is re-read once per
+    column instead. A re-read costs nothing while the operand fits the core's cache
+    (L2_BYTES) and streams it from L3 or memory when not, so the order taken is the one that
+    streams fewer bytes. "Weights" are the operands indexed by the vectorized output axis
+    (`column_var`), "input" the others. Measured on ResNet-50 (one core, whole model, beside
+    onnxruntime, in context where weights do not stay in L3 between calls): 4-7 % faster; its
+    3x3 convolution on 7x7 maps (9 MiB of weights, 14 row tiles) went from 6.7 to 3.8 ms a
+    call. Timed alone, repeatedly, the kernels hardly differ, which is why this was missed.
+    """
+    from tvm.tirx.analysis import undefined_vars
+
+    stmt = sch.get(block.block_rv)
+    output = stmt.writes[0].source
+    weights = inputs = 0
+    for region in stmt.reads:
+        if region.source.same_as(output):
+            continue
+        size = _bytes(region.source)
+        if size is None:
+            return False
+        used = [var for r in region.region for var in undefined_vars(r.min)]
+        if any(var.same_as(column_var) for var in used):
+            weights += size
+        else:
+            inputs += size
+    if not weights or not inputs:  # a pooling window: nothing is re-read across columns
+        return False
+    row_tiles = 1
+    for loop in outer:
+        row_tiles *= _extent(sch, loop) or 1
+    columns = _extent(sch, column) or 1
+    streamed_row_first = weights * (row_tiles - 1) if weights > L2_BYTES else 0
+    streamed_column_first = inputs * (columns - 1) if inputs > L2_BYTES else 0
+    return streamed_column_first < streamed_row_first
+
+
+def _bytes(buffer: Any) -> int | None:
+    from tvm import tirx
+
+    size = buffer.dtype.bits // 8
+    for dim in buffer.shape:
+        if not isinstance(dim, tirx.IntImm):
+            return None
+        size *= int(dim)
+    return size
 
 
 def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int = ROW_TILE) -> tuple[list, list]:

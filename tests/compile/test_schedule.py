@@ -250,3 +250,33 @@ def test_row_tiles_follow_the_reduction_and_the_map(target, kernel, size, vector
     rng = np.random.default_rng(3)
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
     np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_in, channels_out, column_first", [(512, 256, True), (16, 64, False)])
+def test_the_column_loop_goes_first_when_weights_reread_per_row_tile_would_leave_the_cache(
+        target, channels_in, channels_out, column_first):
+    """A 1x1 convolution on a 14x14 map with 512 KiB of weights (more than L2_BYTES) and 28
+    row tiles runs its 16 columns outermost and in parallel, each column's weights read once;
+    one whose weights fit the cache keeps its row tiles outermost. Both compute what the
+    unscheduled kernel does."""
+    from tvm import relax
+
+    shapes = {"x": (1, 14, 14, channels_in), "w": (1, 1, channels_in, channels_out)}
+    assert (channels_in * channels_out * 4 > schedule.L2_BYTES) == column_first
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], data_layout="NHWC",
+                                                         kernel_layout="HWIO"))
+        builder.emit_func_output(out)
+    with target:
+        fused = relax.get_pipeline("zero")(builder.get())
+    mod, report = schedule.schedule_module(fused, target)
+    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
+    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    columns = channels_out // (schedule.TILE_VECTORS * schedule.vector_lanes(target))
+    assert (f"T.parallel(T.int64({columns}))" in conv) == column_first
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
+    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
