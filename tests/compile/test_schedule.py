@@ -280,3 +280,31 @@ def test_the_column_loop_goes_first_when_weights_reread_per_row_tile_would_leave
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
     np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups, padded_copy", [(32, False), (1, True)])
+def test_a_depthwise_convolution_reads_its_zero_padding_inline(target, groups, padded_copy):
+    """A depthwise 3x3 convolution reads its input along the channels it vectorizes, so its
+    zero padding is folded into it instead of being written out as a padded copy; a dense
+    one, which broadcasts each input value, keeps the copy (a bounds test per multiply-add
+    would stop it vectorizing). Both compute what the unscheduled kernel does."""
+    from tvm import relax
+
+    shapes = {"x": (1, 14, 14, 32), "w": (3, 3, 32 // groups, 32)}
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], padding=[1] * 4, groups=groups,
+                                                         data_layout="NHWC", kernel_layout="HWIO"))
+        builder.emit_func_output(out)
+    with target:
+        fused = relax.get_pipeline("zero")(builder.get())
+    assert "pad_temp" in next(f for n, f in kernels(fused).items() if "conv2d" in n).script()
+    mod, report = schedule.schedule_module(fused, target)
+    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
+    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    assert ('T.sblock("pad_temp")' in conv) == padded_copy
+    rng = np.random.default_rng(11)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
+    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
