@@ -93,6 +93,15 @@ def test_every_kernel_is_scheduled_and_computes_the_same(fused, target, inputs, 
     np.testing.assert_allclose(run(mod, target, inputs), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_epilogue_reads_the_tiles_accumulators(fused, target):
+    """Bias and ReLU are computed on each tile from its accumulators: the convolution's output
+    is never written whole to be read back by a second pass."""
+    mod, _ = schedule.schedule_module(fused, target)
+    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    assert "conv2d_nhwc_intermediate = T.sblock_alloc_buffer" not in conv
+    assert "T.max(conv2d_nhwc_intermediate_local[" in conv
+
+
 def test_a_schedule_that_does_not_build_falls_back_to_the_parallel_rule(fused, target, inputs, expected):
     mod, report = schedule.schedule_module(fused, target, rules=(broken_rule, schedule.parallel_rule))
     names = sorted(kernels(mod))
