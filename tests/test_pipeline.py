@@ -13,6 +13,7 @@ import pytest
 from agent import metrics as contract
 from agent import pipeline, runtime
 from agent.compile.target import MACHINE_ARCH
+from agent.compile.schedule import RULE_VERSION
 from agent.config import AgentConfig, BenchConfig, VerifyConfig
 from agent.errors import ClientError
 from agent.jobs.job import Job
@@ -135,7 +136,7 @@ def test_metrics_contract(sample_run):
     assert [o["name"] for o in v["outputs"]] == ["logits", "probabilities"]
     assert m["compile_seconds"] > 0 and set(m["compile_breakdown_s"]) == {"load", "fold", "import", "optimize",
                                                                           "build", "export"}
-    assert m["schedule"]["layout"] == "NHWC" and m["schedule"]["rule"] == "cpu-tile/3"
+    assert m["schedule"]["layout"] == "NHWC" and m["schedule"]["rule"] == RULE_VERSION
     assert m["schedule"]["functions"] > 0 and m["schedule"]["naive"] == [] and m["schedule"]["unscheduled"] == []
     assert m["target"]["num-cores"] >= 1 and m["device"]["cpu"]
     assert m["tuned"] is False and m["method"]["min_iterations"] == 5

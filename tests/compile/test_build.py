@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from agent import runtime
-from agent.compile import build, onnx_frontend, target
+from agent.compile import build, onnx_frontend, schedule, target
 from agent.errors import ClientError, ServerError
 from agent.samples import make_sample_model
 from tests.compile.helpers import compile_artifact, onnxruntime_outputs
@@ -36,7 +36,7 @@ def test_build_and_export_times_each_step_and_reports_the_schedule(sample, tmp_p
     assert built.path == tmp_path / "out" / "model.so" and built.path.is_file()
     assert set(built.seconds) == {"optimize", "build", "export"} and all(s > 0 for s in built.seconds.values())
     report = built.schedule
-    assert report["layout"] == "NHWC" and report["rule"] == "cpu-tile/3"
+    assert report["layout"] == "NHWC" and report["rule"] == schedule.RULE_VERSION
     assert report["functions"] == sum(report["by_kind"].values()) > 5
     assert report["by_kind"]["tiled"] >= 5  # the sample's convolutions and its Gemm
     assert report["unscheduled"] == [] and report["naive"] == [] and report["failures"] == []
