@@ -11,11 +11,25 @@ import dataclasses
 import os
 import re
 import socket
+import stat
 import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 from agent.errors import ConfigError
+
+
+def check_private_key(name: str, path: str) -> None:
+    """A private key the configuration names must be owner-only (0600 or 0400), as ssh and the
+    AWS IoT Device Client demand of theirs: one that other users can read is refused by
+    name at start, before anything connects with it. A missing file is the caller's error."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        raise ConfigError(f"{name}: {path} can be read or written by its group or others (mode {mode:04o}); "
+                          f"a private key must be owner-only: chmod 600 {path}")
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "000000000000"  # the local agent's account; a fleet sets its real one
@@ -179,6 +193,7 @@ class IotCoreConfig:
         for key in ("thing_name", "cert", "key"):
             if not getattr(self, key):
                 raise ConfigError(f"iotcore.{key}: required when iotcore.endpoint is set")
+        check_private_key("iotcore.key", self.key)
         if not (1 <= len(self.thing_name) <= 128) or not all(c.isalnum() or c in ":_-" for c in self.thing_name):
             raise ConfigError(f"iotcore.thing_name: 1-128 characters of [a-zA-Z0-9:_-], got {self.thing_name!r}")
         if not 1 <= int(self.port) <= 65535:
@@ -255,6 +270,8 @@ class MqttConfig:
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ConfigError(f"mqtt.{key}: no such file: {path}")
+        if self.tls_key:
+            check_private_key("mqtt.tls_key", self.tls_key)
         if not 5 <= int(self.keepalive) <= 65535:
             raise ConfigError(f"mqtt.keepalive: 5 to 65535 seconds, got {self.keepalive!r}")
         if int(self.max_payload_bytes) < 1024:
@@ -344,6 +361,7 @@ class S3Config:
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ConfigError(f"s3.{key}: no such file: {path}")
+        check_private_key("s3.iot_key", self.iot_key)
 
     @staticmethod
     def secret_variable(field: str) -> str:

@@ -185,6 +185,31 @@ def test_a_file_holding_a_secret_must_be_owner_only(tmp_path, text, secret):
         load(write(tmp_path, text + "\n", mode=mode))
 
 
+@pytest.mark.parametrize("section, name", [
+    ('[iotcore]\nendpoint = "a1b2c3-ats.iot.us-east-1.amazonaws.com"\nthing_name = "gw-1"\ncert = "{cert}"\nkey = "{key}"',
+     "iotcore.key"),
+    ('[mqtt]\ntls_cert = "{cert}"\ntls_key = "{key}"', "mqtt.tls_key"),
+    ('[s3]\niot_endpoint = "creds.example"\niot_role_alias = "neo"\niot_cert = "{cert}"\niot_key = "{key}"',
+     "s3.iot_key"),
+])
+def test_a_private_key_file_the_configuration_names_must_be_owner_only(tmp_path, section, name):
+    """Refused at start by the setting's name, its mode and the fix, as ssh refuses a key that
+    others can read; the certificate beside it (public) may be world-readable."""
+    cert, key = tmp_path / "thing.pem", tmp_path / "thing.key"
+    cert.write_text("certificate")
+    cert.chmod(0o644)
+    key.write_text("private key")
+    path = write(tmp_path / "etc", section.format(cert=cert, key=key) + "\n", mode=0o644)
+    for mode in (0o644, 0o640, 0o604, 0o620):
+        key.chmod(mode)
+        said = failure(path)
+        assert said == (f"{path}:{name}: {key} can be read or written by its group or others (mode {mode:04o}); "
+                        f"a private key must be owner-only: chmod 600 {key}")
+    for mode in (0o600, 0o400):
+        key.chmod(mode)
+        load(path)
+
+
 def test_a_file_without_secrets_may_be_world_readable(tmp_path):
     load(write(tmp_path, '[mqtt]\nusername = "u"\npassword = ""\n[http.credentials]\n', mode=0o644))
 

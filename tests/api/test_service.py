@@ -75,6 +75,7 @@ def test_role_arn_must_have_an_iot_role_alias_when_the_device_maps_them(store, r
     cert, key = tmp_path / "thing.pem", tmp_path / "thing.key"
     cert.write_text("certificate")
     key.write_text("key")
+    key.chmod(0o600)
     allowed = "arn:aws:iam::123456789012:role/service-role/NeoRole"  # make_body's
     s3 = S3Config(iot_endpoint="creds.example", iot_cert=str(cert), iot_key=str(key),
                   role_aliases={allowed: "neo-alias", "arn:aws:iam::123456789012:role/b": "b-alias"})
