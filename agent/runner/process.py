@@ -24,6 +24,10 @@ import psutil
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1
+# What a job's child writes (the model unpacked, the artifact, its metrics) and the job's log
+# are the agent user's alone, whatever the agent's own umask (systemd's unit sets 0077 too).
+CHILD_UMASK = 0o077
+PRIVATE_FILE_MODE = 0o600
 
 
 @dataclasses.dataclass
@@ -84,7 +88,8 @@ class ChildProcess:
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
-        with open(self.log_path, "ab") as log_file:
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        with open(log_fd, "ab") as log_file:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.runner.child", str(self.spec_path), str(write_fd)],
                 pass_fds=(write_fd,),
@@ -92,6 +97,7 @@ class ChildProcess:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,  # its own session and process group
+                umask=CHILD_UMASK,
                 env={**child_base_environment(), **(self.env or {})},
             )
         os.close(write_fd)

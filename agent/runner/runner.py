@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -29,7 +30,7 @@ from agent.jobs.job import Job, Status
 from agent.jobs.store import JobStore
 from agent.runner import housekeeping
 from agent.runner.child import memory_failure, timeout_failure
-from agent.runner.process import ChildProcess, Outcome, kill_leftover_child
+from agent.runner.process import PRIVATE_FILE_MODE, ChildProcess, Outcome, kill_leftover_child
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,9 @@ class Runner:
         job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         job_dir.chmod(0o700)  # the job's log and files are the agent's alone, whatever the umask
         spec_path = job_dir / "spec.json"
-        spec_path.write_text(
-            json.dumps(
-                {"job": job.to_dict(), "config": self.config.to_child(), "deadline": deadline,
-                 "workdir": str(job_dir / "work"), "log": str(job_dir / "job.log")}
-            )
-        )
+        with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE), "w") as spec:
+            json.dump({"job": job.to_dict(), "config": self.config.to_child(), "deadline": deadline,
+                       "workdir": str(job_dir / "work"), "log": str(job_dir / "job.log")}, spec)
         child = ChildProcess(
             spec_path,
             job_dir / "job.log",

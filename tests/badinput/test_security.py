@@ -190,11 +190,17 @@ def test_a_refused_signature_does_not_give_away_the_expected_one(secret_run):
 
 
 def test_the_state_directory_is_owner_only(secret_run):
-    """Everything the agent keeps sits under a 0700 directory; the agent makes it so at every start."""
+    """Everything the agent keeps sits under a 0700 directory; the agent makes it so at every start.
+    What a job's folder holds (its spec, its log, what the child unpacked and built) is owner-only
+    too, whatever the agent's umask (this test runs under pytest's, 022 here)."""
     state = secret_run["state"]
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     for path in state.rglob("*"):
         assert not stat.S_IMODE(path.lstat().st_mode) & 0o002, f"{path} is world-writable"
+    in_jobs = [path for path in (state / "jobs").rglob("*") if not path.is_symlink()]
+    assert any(path.name == "spec.json" for path in in_jobs) and any(path.name == "job.log" for path in in_jobs)
+    for path in in_jobs:
+        assert not stat.S_IMODE(path.lstat().st_mode) & 0o077, f"{path} is open to others: {path.lstat().st_mode:o}"
 
 
 def test_an_open_state_directory_is_closed_at_start(tmp_path):
