@@ -399,6 +399,9 @@ class AgentConfig:
     # key id -> secret. The secrets stay out of repr, logs and the compile child's spec.
     http: str = DEFAULT_HTTP
     http_credentials: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # HTTPS instead of HTTP: the endpoint's certificate (PEM, its chain after it) and its key.
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
     # The module whose run() the compile child calls. Tests swap in a scripted pipeline to
     # drive the runner through timings a real compile cannot promise; nothing else should.
     pipeline_module: str = "agent.pipeline"
@@ -416,6 +419,15 @@ class AgentConfig:
         for key in ("queue_limit", "concurrency", "memory_limit_mb"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)!r}")
+        if bool(self.http_tls_cert) != bool(self.http_tls_key):
+            raise ConfigError("http_tls_cert: a certificate for the HTTP endpoint needs http_tls_key, "
+                              "and the other way round")
+        for key in ("http_tls_cert", "http_tls_key"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}: no such file: {path}")
+        if self.http_tls_key:
+            check_private_key("http_tls_key", self.http_tls_key)
         for key in ("max_retained_mb", "min_free_mb"):
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)!r}")

@@ -48,11 +48,13 @@ ENV_PREFIX = "NEO_AGENT_"
 AGENT_SECTION = "agent"  # where AgentConfig's own (non-section) fields go in the file
 OVERRIDE_ONLY = frozenset({"pipeline_module"})  # a test hook, not a setting: neither file nor environment
 # Top-level fields that sit in a section of their own in the file: the HTTP endpoint and its keys.
-RELOCATED = {"http": ("http", "endpoint"), "http_credentials": ("http", "credentials")}
+RELOCATED = {"http": ("http", "endpoint"), "http_credentials": ("http", "credentials"),
+             "http_tls_cert": ("http", "tls_cert"), "http_tls_key": ("http", "tls_key")}
 ENV_NAMES = {"http.endpoint": "NEO_AGENT_HTTP", "http.credentials": "NEO_AGENT_HTTP_CREDENTIALS"}
 # Settings that name files: in a file, a relative one is taken from the file's directory.
 PATH_KEYS = frozenset({"agent.state_dir", "iotcore.cert", "iotcore.key", "iotcore.ca", "mqtt.tls_ca",
-                       "mqtt.tls_cert", "mqtt.tls_key", "s3.iot_cert", "s3.iot_key", "s3.iot_ca"})
+                       "mqtt.tls_cert", "mqtt.tls_key", "s3.iot_cert", "s3.iot_key", "s3.iot_ca",
+                       "http.tls_cert", "http.tls_key"})
 OWNER_ONLY = 0o077  # no permission bit for group or others may be set on a file that holds a secret
 EXPECTED = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
             "path": "a path (a string)", "list": "an array of strings", "table": "a table of strings"}

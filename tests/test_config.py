@@ -189,6 +189,7 @@ def test_a_file_holding_a_secret_must_be_owner_only(tmp_path, text, secret):
     ('[iotcore]\nendpoint = "a1b2c3-ats.iot.us-east-1.amazonaws.com"\nthing_name = "gw-1"\ncert = "{cert}"\nkey = "{key}"',
      "iotcore.key"),
     ('[mqtt]\ntls_cert = "{cert}"\ntls_key = "{key}"', "mqtt.tls_key"),
+    ('[http]\ntls_cert = "{cert}"\ntls_key = "{key}"', "http.tls_key"),
     ('[s3]\niot_endpoint = "creds.example"\niot_role_alias = "neo"\niot_cert = "{cert}"\niot_key = "{key}"',
      "s3.iot_key"),
 ])

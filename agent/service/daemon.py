@@ -79,7 +79,8 @@ def build_transports(config: AgentConfig, agent: Agent) -> list[Transport]:
     transports: list[Transport] = []
     if config.http:  # NEO_AGENT_HTTP="" turns the endpoint off (a device reached only over MQTT, say)
         transports.append(
-            HttpTransport(agent.api_for(HttpTransport.name), config.http, credentials=config.http_credentials))
+            HttpTransport(agent.api_for(HttpTransport.name), config.http, credentials=config.http_credentials,
+                          tls_cert=config.http_tls_cert, tls_key=config.http_tls_key))
     if config.mqtt.enabled:  # a plain MQTT broker (mosquitto, say)
         from agent.transports.mqtt import MqttTransport
 

@@ -42,6 +42,9 @@ NOT_CONFIGURABLE = {
     "agent.state_dir": "the Run step keeps the agent's state in the component's work folder ({work:path}/state)",
     "http.credentials": "it holds secrets, and a deployment's configuration is readable by anyone who can read "
                         "the deployment; keep http.endpoint on a loopback address, where no signature is needed",
+    **{f"http.{name}": "under Greengrass the endpoint serves components on this device: keep http.endpoint on a "
+                       "loopback address, where traffic never leaves the device and no certificate is needed"
+       for name in ("tls_cert", "tls_key")},
     **{f"iotcore.{name}": "under Greengrass the agent uses the nucleus's connection to AWS IoT Core; only "
                           "iotcore.jobs, iotcore.jobs_progress_interval_s and iotcore.jobs_step_margin_min apply"
        for name in IOTCORE_CONNECTION},

@@ -22,6 +22,11 @@ LengthRequired (411), RequestTooLargeException (413, checked before the body is 
 AccessDeniedException (403, a non-loopback Host on the loopback endpoint), the AuthErrors
 (403), InternalFailure (500, with the cause in the agent's log).
 
+TLS: with a certificate and key (`http_tls_cert`, `http_tls_key`) the endpoint speaks HTTPS only
+(TLS 1.2 or later), for `--endpoint-url https://...` with the CA in boto3's `verify` or the AWS
+CLI's `--ca-bundle`. The handshake happens in the connection's own thread, inside its request
+deadline, so a client that never completes it holds one slot for at most REQUEST_DEADLINE_S.
+
 One request per connection (HTTP/1.0 answers), so closing the listener is all it takes to stop
 accepting work; requests already read are answered before `stop` returns.
 
@@ -36,6 +41,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -122,9 +128,12 @@ class HttpTransport:
         *,
         credentials: Mapping[str, str] | None = None,
         require_signature: bool | None = None,
+        tls_cert: str = "",
+        tls_key: str = "",
     ):
         self.api = api
         self.host, self.port = parse_address(address)
+        self.tls = _tls_context(tls_cert, tls_key) if tls_cert else None
         loopback = is_loopback(self.host)
         self.require_signature = (not loopback) if require_signature is None else require_signature
         if self.require_signature and not credentials:
@@ -144,7 +153,7 @@ class HttpTransport:
         """The endpoint URL, with the port the OS chose when the configured port was 0."""
         port = self._server.server_address[1] if self._server else self.port
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def start(self) -> None:
         if self._server is not None:
@@ -207,6 +216,18 @@ class HttpTransport:
                 self._idle.notify_all()
 
 
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server's TLS context: TLS 1.2 or later, the certificate chain and its key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"http_tls_cert (NEO_AGENT_HTTP_TLS_CERT): cannot load {cert} with its key {key}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return context
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}  # botocore sends "{}" for an empty input; an empty body means the same
@@ -257,6 +278,29 @@ class _Server(ThreadingHTTPServer):
         finally:
             self.request_read(request)
             self._slots.release()
+
+    def finish_request(self, request, client_address) -> None:
+        context = self.transport.tls
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            # The connection's descriptor moves into the TLS socket: the deadline cuts that one.
+            secure = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            return
+        with self._reading_lock:
+            if request in self._reading:
+                self._reading[secure] = self._reading.pop(request)
+        try:
+            secure.settimeout(REQUEST_TIMEOUT_S)
+            secure.do_handshake()
+            super().finish_request(secure, client_address)
+        except OSError as exc:  # ssl.SSLError is one: a plain-HTTP client, a bad certificate, a stall
+            log.info("http: no TLS connection with %s: %s", client_address[0], exc)
+        finally:
+            self.request_read(secure)
+            self.shutdown_request(secure)
 
     def request_read(self, request) -> None:
         """The connection's request is in (or it is gone): no deadline any more."""

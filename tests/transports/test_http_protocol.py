@@ -20,6 +20,7 @@ from agent.service.agent import Agent
 from agent.transports import http as http_transport
 from agent.transports.http import MAX_BODY_BYTES, HttpTransport, is_loopback, parse_address
 from tests.service.daemon_process import job_request, kill_alarm  # noqa: F401 - the fixture
+from tests.transports.iot_fixtures import pki  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("kill_alarm")
 
@@ -169,7 +170,7 @@ def small_endpoint(agent, monkeypatch):
 
 
 def _address(transport) -> tuple[str, int]:
-    host, port = transport.url.removeprefix("http://").rsplit(":", 1)
+    host, port = transport.url.split("://", 1)[1].rsplit(":", 1)
     return host, int(port)
 
 
@@ -203,6 +204,58 @@ def test_a_client_trickling_its_request_is_cut_at_the_deadline(small_endpoint):
     except (ConnectionResetError, BrokenPipeError):
         pass  # cut while sending: as good
     assert time.monotonic() - started < 5  # cut at its 2 s deadline, not after the whole request
+
+
+# --- HTTPS ----------------------------------------------------------------------------------
+@pytest.fixture
+def https_endpoint(agent, pki, monkeypatch):
+    """The endpoint with a certificate for localhost/127.0.0.1 from the test CA; 2 s deadlines."""
+    monkeypatch.setattr(http_transport, "REQUEST_DEADLINE_S", 2.0)
+    transport = HttpTransport(agent.api_for("http"), "127.0.0.1:0", tls_cert=str(pki.server_cert),
+                              tls_key=str(pki.server_key))
+    transport.start()
+    yield transport
+    transport.stop(timeout=5)
+
+
+def test_with_a_certificate_the_endpoint_speaks_https_to_boto3_and_nothing_else(https_endpoint, pki):
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    assert https_endpoint.url.startswith("https://127.0.0.1:")
+
+    def client(verify):
+        return boto3.client("sagemaker", endpoint_url=https_endpoint.url, region_name="us-east-1", verify=verify,
+                            aws_access_key_id="x", aws_secret_access_key="x",
+                            config=botocore.config.Config(retries={"max_attempts": 1}))
+
+    assert client(str(pki.ca)).list_compilation_jobs()["CompilationJobSummaries"] == []
+    with pytest.raises(botocore.exceptions.SSLError):  # a caller that does not trust the CA
+        client(True).list_compilation_jobs()
+    host, port = _address(https_endpoint)
+    with pytest.raises((http.client.HTTPException, OSError)):  # plain HTTP gets no answer
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("POST", "/", body=b"{}", headers={"X-Amz-Target": "SageMaker.ListCompilationJobs"})
+        conn.getresponse()
+
+
+def test_a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_deadline(https_endpoint):
+    sock = socket.create_connection(_address(https_endpoint), timeout=10)
+    started = time.monotonic()
+    try:
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+        assert sock.recv(1) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    assert time.monotonic() - started < 6  # the 2 s deadline (polled every 0.5 s), not the 30 s read timeout
+
+
+def test_an_https_endpoint_needs_a_loadable_certificate_and_key(agent, pki, tmp_path):
+    with pytest.raises(ConfigError, match=r"http_tls_cert \(NEO_AGENT_HTTP_TLS_CERT\): cannot load"):
+        HttpTransport(agent.api_for("http"), "127.0.0.1:0", tls_cert=str(pki.ca), tls_key=str(pki.client_key))
 
 
 # --- configuration --------------------------------------------------------------------------
