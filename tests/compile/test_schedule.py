@@ -230,6 +230,31 @@ def test_a_record_of_a_schedule_that_packs_weights_survives_json(fused, target):
 
 
 
+def scheduled_conv(target, shapes: dict, **conv_attrs):
+    """One NHWC/HWIO conv2d of x by w (`shapes`), fused as the compile stage does it and
+    scheduled by the rules: (fused module, scheduled module, the conv kernel's TVMScript)."""
+    from tvm import relax
+
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], data_layout="NHWC",
+                                                         kernel_layout="HWIO", **conv_attrs))
+        builder.emit_func_output(out)
+    with target:
+        fused = relax.get_pipeline("zero")(builder.get())
+    mod, report = schedule.schedule_module(fused, target)
+    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
+    return fused, mod, next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+
+
+def assert_computes_the_same(fused, mod, target, shapes: dict, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
+    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel, size, vectors, rows, predicated", [
     (3, 7, 4, 4, True), (1, 7, 4, 7, False), (3, 8, 3, 8, False)])
 def test_row_tiles_follow_the_reduction_and_the_map(target, kernel, size, vectors, rows, predicated):
@@ -237,28 +262,12 @@ def test_row_tiles_follow_the_reduction_and_the_map(target, kernel, size, vector
     a 1x1 convolution, bound by streaming its weights, takes 7-row tiles; a tile one vector
     wide (3 vectors of output channels: two do not divide them) is 8 rows tall. All compute
     what the unscheduled kernel does."""
-    from tvm import relax
-
     channels = vectors * schedule.vector_lanes(target)
     shapes = {"x": (1, size, size, 16), "w": (kernel, kernel, 16, channels)}
-    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
-    builder = relax.BlockBuilder()
-    with builder.function("main", list(params.values())):
-        with builder.dataflow():
-            pad = kernel // 2
-            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], padding=[pad] * 4,
-                                                         data_layout="NHWC", kernel_layout="HWIO"))
-        builder.emit_func_output(out)
-    with target:
-        fused = relax.get_pipeline("zero")(builder.get())
-    mod, report = schedule.schedule_module(fused, target)
-    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
-    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    fused, mod, conv = scheduled_conv(target, shapes, padding=[kernel // 2] * 4)
     assert f"T.unroll(T.int64({rows}))" in conv
     assert ("T.where(" in conv) == predicated
-    rng = np.random.default_rng(3)
-    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
-    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+    assert_computes_the_same(fused, mod, target, shapes, seed=3)
 
 
 @pytest.mark.parametrize("channels_in, channels_out, column_first", [(512, 256, True), (16, 64, False)])
@@ -268,27 +277,12 @@ def test_the_column_loop_goes_first_when_weights_reread_per_row_tile_would_leave
     row tiles runs its 16 columns outermost and in parallel, each column's weights read once;
     one whose weights fit the cache keeps its row tiles outermost. Both compute what the
     unscheduled kernel does."""
-    from tvm import relax
-
     shapes = {"x": (1, 14, 14, channels_in), "w": (1, 1, channels_in, channels_out)}
     assert (channels_in * channels_out * 4 > schedule.L2_BYTES) == column_first
-    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
-    builder = relax.BlockBuilder()
-    with builder.function("main", list(params.values())):
-        with builder.dataflow():
-            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], data_layout="NHWC",
-                                                         kernel_layout="HWIO"))
-        builder.emit_func_output(out)
-    with target:
-        fused = relax.get_pipeline("zero")(builder.get())
-    mod, report = schedule.schedule_module(fused, target)
-    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
-    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
+    fused, mod, conv = scheduled_conv(target, shapes)
     columns = channels_out // (schedule.TILE_VECTORS * schedule.vector_lanes(target))
     assert (f"T.parallel(T.int64({columns}))" in conv) == column_first
-    rng = np.random.default_rng(5)
-    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
-    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+    assert_computes_the_same(fused, mod, target, shapes, seed=5)
 
 
 @pytest.mark.parametrize("groups, padded_copy", [(32, False), (1, True)])
@@ -297,23 +291,8 @@ def test_a_depthwise_convolution_reads_its_zero_padding_inline(target, groups, p
     zero padding is folded into it instead of being written out as a padded copy; a dense
     one, which broadcasts each input value, keeps the copy (a bounds test per multiply-add
     would stop it vectorizing). Both compute what the unscheduled kernel does."""
-    from tvm import relax
-
     shapes = {"x": (1, 14, 14, 32), "w": (3, 3, 32 // groups, 32)}
-    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
-    builder = relax.BlockBuilder()
-    with builder.function("main", list(params.values())):
-        with builder.dataflow():
-            out = builder.emit_output(relax.op.nn.conv2d(params["x"], params["w"], padding=[1] * 4, groups=groups,
-                                                         data_layout="NHWC", kernel_layout="HWIO"))
-        builder.emit_func_output(out)
-    with target:
-        fused = relax.get_pipeline("zero")(builder.get())
+    fused, mod, conv = scheduled_conv(target, shapes, padding=[1] * 4, groups=groups)
     assert "pad_temp" in next(f for n, f in kernels(fused).items() if "conv2d" in n).script()
-    mod, report = schedule.schedule_module(fused, target)
-    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
-    conv = next(f for n, f in kernels(mod).items() if "conv2d" in n).script()
     assert ('T.sblock("pad_temp")' in conv) == padded_copy
-    rng = np.random.default_rng(11)
-    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes.values()]
-    np.testing.assert_allclose(run(mod, target, arrays), run(fused, target, arrays), rtol=1e-4, atol=1e-4)
+    assert_computes_the_same(fused, mod, target, shapes, seed=11)
