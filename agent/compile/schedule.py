@@ -44,9 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 # Bump when a rule changes what it produces, so metrics from two versions are not confused.
-RULE_VERSION = "cpu-tile/6"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
+RULE_VERSION = "cpu-tile/7"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
 # 4: the column loop outermost where weights re-read per row tile would stream from beyond L2;
-# 5: depthwise convolutions read their zero padding inline; 6: the epilogue reads the accumulators
+# 5: depthwise convolutions read their zero padding inline; 6: the epilogue reads the accumulators;
+# 7: 2 x 2-position tiles where 4 divides neither side of the map
 
 # SIMD register width by target feature, widest first. target_has_features asks LLVM about
 # the target's mtriple/mcpu/mattr, so a CompilerOptions mcpu or mattr counts. LLVM's own
@@ -64,6 +65,7 @@ FLOAT_BITS = 32
 TILE_VECTORS = 2
 ROW_TILE = 4
 ROW_TILE_FALLBACKS = (7, 6, 3, 2)  # rows for outputs too short or odd for ROW_TILE: see _row_tile
+SQUARE_SIDE = 2  # a ROW_TILE as 2 x 2 positions where ROW_TILE divides no axis: see _square_tile
 MIN_TILE_WIDTH = 4  # narrower than this a vector loop costs more than it saves
 
 # A tile's epilogue (bias, residual add, ReLU, ReLU6: 1-4 FLOPs an element) is computed on the
@@ -428,7 +430,8 @@ def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int =
     """Split a row tile off the outer output axes; returns (outer loops, [row loop] or []).
 
     The longest outer axis that ROW_TILE divides gets ROW_TILE rows (a W of 56 or 80). Where
-    none does (14x14 and 7x7 maps), what is best depends on the reduction (measured, one
+    none does but two axes are even (14x14 maps), the tile is 2 x 2 positions (_square_tile).
+    Where neither (7x7 maps), what is best depends on the reduction (measured, one
     core, ResNet-50): a windowed one (a 3x3 convolution) runs twice as fast on ROW_TILE rows
     with a predicated last tile (14 as 4+4+4+2, 7 as 4+3) as on 7-row tiles, which spill
     registers; a 1x1 convolution or a matmul is bound by streaming its weights, once per
@@ -442,6 +445,10 @@ def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int =
     height = tall
     if index is None and tall != ROW_TILE:
         return _row_tile(sch, outer, windowed=windowed)
+    if index is None:
+        square = _square_tile(sch, outer)
+        if square is not None:
+            return square
     if index is None and windowed:
         extents = [(_extent(sch, loop) or 0, i) for i, loop in enumerate(outer)]
         longest = max(extents, default=(0, None))
@@ -454,6 +461,23 @@ def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int =
     outer = list(outer)
     outer[index], row = sch.split(outer[index], [None, height])  # predicated when it leaves a tail
     return outer, [row]
+
+
+def _square_tile(sch: "s_tir.Schedule", outer: list) -> tuple[list, list] | None:
+    """A ROW_TILE of 2 x 2 output positions on two outer axes (H and W) that 2 divides, where
+    ROW_TILE divides neither (14x14 and 28x14 maps): as many accumulators as a 4-row tile, no
+    predicated tail and no 7-row spill. Its accumulator region is a rectangle, unlike a tile of
+    H x W fused. None when fewer than two axes are even."""
+    even = [i for i, loop in enumerate(outer) if (_extent(sch, loop) or 0) >= 2 * SQUARE_SIDE
+            and (_extent(sch, loop) or 0) % SQUARE_SIDE == 0]
+    if len(even) < 2:
+        return None
+    outer = list(outer)
+    rows = []
+    for index in even[-2:]:
+        outer[index], row = sch.split(outer[index], [None, SQUARE_SIDE])
+        rows.append(row)
+    return outer, rows
 
 
 def _attach_epilogue(sch: "s_tir.Schedule", block_rv: Any, loop: Any, max_flops: float | None = None) -> list[str]:

@@ -270,6 +270,17 @@ def test_row_tiles_follow_the_reduction_and_the_map(target, kernel, size, vector
     assert_computes_the_same(fused, mod, target, shapes, seed=3)
 
 
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_on_a_14x14_map_the_tile_is_2x2_positions_without_a_predicated_tail(target, kernel):
+    """4 divides neither side of a 14x14 map: a tile of 2 rows x 2 columns of positions keeps
+    8 accumulators with nothing predicated (4 + 4 + 4 + 2 rows was the alternative, or 7 rows,
+    which spill). It computes what the unscheduled kernel does."""
+    shapes = {"x": (1, 14, 14, 16), "w": (kernel, kernel, 16, 2 * schedule.vector_lanes(target))}
+    fused, mod, conv = scheduled_conv(target, shapes, padding=[kernel // 2] * 4)
+    assert conv.count("T.unroll(T.int64(2))") >= 2 and "T.where(" not in conv
+    assert_computes_the_same(fused, mod, target, shapes, seed=13)
+
+
 @pytest.mark.parametrize("channels_in, channels_out, column_first", [(512, 256, True), (16, 64, False)])
 def test_the_column_loop_goes_first_when_weights_reread_per_row_tile_would_leave_the_cache(
         target, channels_in, channels_out, column_first):
