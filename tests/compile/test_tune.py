@@ -246,6 +246,46 @@ def test_a_record_that_cannot_be_replayed_leaves_the_rule_schedule(tiny, tmp_pat
     _check_outputs(tiny, built)
 
 
+def test_candidates_that_start_after_the_deadline_are_neither_built_nor_run(tiny):
+    """The deadline is checked between search rounds, and a round's cost is known only after
+    it (YOLOv8n: 22 candidates, 440 s, one round 160 s past a 600 s job's deadline). Within a
+    round, the builder and the runner skip each candidate that starts after it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from agent.compile import optimize, schedule
+    from agent.compile.tuning import search
+
+    _, imported, tvm_target, _ = tiny
+    func = optimize.fuse(imported.mod, tvm_target)["fused_conv2d_add_relu"]
+    wmod, workload, mod_json = search.workload_of(func)
+    sch, _ = schedule.parallel_rule(wmod["main"], tvm_target, 8)
+    args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    searcher = search.Searcher(tvm_target, 2)
+    try:
+        searcher.builder.bound(time.time() - 1)
+        start = time.time()
+        (skipped,) = searcher.builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)])
+        assert skipped.artifact_path is None and search.SKIPPED in skipped.error_msg
+        searcher.builder.bound(time.time() + 600)
+        (built,) = searcher.builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)])
+        assert built.error_msg is None
+
+        searcher.runner.bound(time.time() - 1)
+        (future,) = searcher.runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
+        assert future.result().run_secs is None and future.result().error_msg == search.SKIPPED
+        searcher.runner.bound(float("inf"))
+        (future,) = searcher.runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
+        assert future.result().error_msg is None and len(future.result().run_secs) == 1
+
+        result = searcher.tune(search.Task(workload, wmod, mod_json, ["fused_conv2d_add_relu"]),
+                               trials=64, deadline=start, seed_records=[], batch=64)
+        assert searcher.compare([(sch.mod, sch.mod)])[0][0] < float("inf")  # unbounded after it
+    finally:
+        searcher.close()
+    assert result.stopped_by_deadline and result.error is None  # nothing built or run, nothing counted
+    assert result.trials == 0 and result.records == []
+
+
 @pytest.mark.slow
 def test_tuning_keeps_to_its_budget_and_a_recompile_reuses_its_records(tiny, tmp_path):
     from agent.compile.tuning import open_database, tune_and_build
