@@ -19,6 +19,10 @@ says so ("measured": false, "not_measured": why).
     upload    95-100% to S3OutputLocation: <model>-<target>.tar.gz, then <model>-<target>.metrics.json
                       and <model>-<target>.log (the job's log so far); each verified in S3
 
+In a compile child, prepare to benchmark (`stages`) run in a process of their own with no
+network and no credentials (agent.runner.offline); fetch, the fleet's tuning records
+(FleetRecords), package and upload stay in the child.
+
 Transfers wait out storage outages until the job's deadline (agent.storage.retry), saying so in
 the stage message. A job that fails after the fetch still uploads its log, when it can, so
 the user finds why beside where the artifact would have been.
@@ -104,9 +108,17 @@ class _Progress:
         self.percent = max(self.percent, start + (end - start) * min(max(fraction, 0.0), 1.0))
         self.report.stage(stage, round(self.percent, 1), message)
 
+    def follow(self, stage: str, percent: float, message: str = "") -> None:
+        """Pass on a stage report of another process's _Progress (agent.runner.offline)."""
+        self.stage = stage
+        self.percent = max(self.percent, float(percent))
+        self.report.stage(stage, round(self.percent, 1), message)
 
-def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Result:
-    """Every stage, in order; see the module docstring."""
+
+def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter, *, offline: bool = False) -> Result:
+    """Every stage, in order; see the module docstring. `offline`: prepare, compile, verify and
+    benchmark run in a process of their own with no network (agent.runner.offline), as the
+    compile child runs them; else in this process."""
     from agent.storage import Patience
 
     workdir = Path(workdir)
@@ -119,7 +131,7 @@ def run(job: Job, config: AgentConfig, workdir: Path, report: Reporter) -> Resul
     model_path, stem = fetch(job, workdir, patience, client=storage.client("InputConfig"))
     name = f"{stem}-{target_name(job.output_config)}"
     try:
-        return _compile_and_publish(job, config, workdir, progress, patience, model_path, name, storage)
+        return _compile_and_publish(job, config, workdir, progress, patience, model_path, name, storage, offline)
     except JobFailure as failure:
         _upload_log_after(failure, job.output_config, name, report, deadline, storage.client("OutputConfig"))
         raise
@@ -146,11 +158,27 @@ class JobStorage:
 
 
 def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress: _Progress, patience,
-                         model_path: Path, name: str, storage: JobStorage) -> Result:
+                         model_path: Path, name: str, storage: JobStorage, offline: bool) -> Result:
+    fleet = FleetRecords.pull(job, config, progress, patience.deadline)
+    if offline:
+        from agent.runner import offline as offline_process
+
+        metrics, library = offline_process.run(job, config, workdir, model_path, progress, patience.deadline)
+    else:
+        metrics, library = stages(job, config, workdir, model_path, progress, patience.deadline)
+    if fleet is not None:
+        fleet.push(metrics["tuning"], progress)
+    return _package_and_upload(metrics, workdir / "artifact", library, name, workdir, job.output_config,
+                               progress, patience, storage)
+
+
+def stages(job: Job, config: AgentConfig, workdir: Path, model_path: Path, progress: "_Progress",
+           deadline: float) -> tuple[dict, str]:
+    """prepare, compile, verify and benchmark: everything that reads the model, nothing that
+    needs the network. Returns (metrics, the library's file name in workdir/artifact)."""
     from agent.compile import build, datainput, frontends, target
 
     report = progress.report
-    deadline = patience.deadline
     framework = job.input_config.get("Framework", "ONNX")
     reference = frontends.frontend(framework).reference
 
@@ -192,8 +220,7 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
     if not resolution.native:
         metrics["not_measured"] = (f"cross-compiled for {resolution.profile.label} on {target.this_device().sentence}; "
                                    "its outputs and speed can only be checked on that device")
-        return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
-                                   progress, patience, storage)
+        return metrics, built.path.name
     progress("verify", 0, f"running TVM and {reference} on the same inputs")
     inputs_npz = _make_inputs(workdir / "verify", imported.inputs)
     metrics["verification"] = verify(model_path, artifact, inputs_npz, config, deadline,
@@ -218,8 +245,7 @@ def _compile_and_publish(job: Job, config: AgentConfig, workdir: Path, progress:
         metrics["onnxruntime"] = metrics["reference"]
         metrics["speedup_vs_onnxruntime"] = metrics["speedup_vs_reference"]
     progress("benchmark", 1, _latency_text(metrics))
-    return _package_and_upload(metrics, artifact, built.path.name, name, workdir, output_config,
-                               progress, patience, storage)
+    return metrics, built.path.name
 
 
 def _package_and_upload(metrics: dict, artifact: Path, library: str, name: str, workdir: Path,
@@ -242,21 +268,16 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
                   layout: str, config: AgentConfig, deadline: float, progress: "_Progress"):
     """Rule schedules, then on-device tuning within the job's budget (agent.compile.tuning):
     the request's tuning options and the agent's [tuning] settings decide how long; the
-    tuning database, when kept, supplies what earlier jobs tuned and keeps what this one does.
+    tuning database, when kept, supplies what earlier jobs tuned and keeps what this one does
+    (the fleet's records were pulled into it before: FleetRecords).
     Returns the TunedBuild; its .tuning is metrics.json's "tuning"."""
     from agent.compile import target, tuning
 
     budget = tuning.job_budget(resolution.options, config.tuning, deadline - time.time())
     database = None
-    shared: dict[str, Any] | None = None
-    share_client = None
     if config.tuning.database:
         database = tuning.open_database(config.state_dir, resolution.profile.name, target_desc,
                                         max_mb=config.tuning.max_database_mb)
-        if config.tuning.share_uri and budget.tunes:
-            progress("compile", 0, f"pulling the fleet's tuning records from {config.tuning.share_uri}")
-            share_client = _share_client(config)
-            shared = _share(database, "pull", config.tuning.share_uri, share_client)
     started = time.time()
 
     def on_progress(message: str) -> None:
@@ -270,12 +291,40 @@ def compile_model(mod: Any, tvm_target: Any, target_desc: dict, resolution: Any,
                                   database=database, layout=layout, linkable=target.runs_here(target_desc),
                                   progress=on_progress)
     built.tuning["budget"] = budget.to_dict()
-    if shared is not None:
-        if built.tuning.get("trials_measured"):
-            progress("compile", 0.97, f"pushing tuning records to {config.tuning.share_uri}")
-            shared.update(_share(database, "push", config.tuning.share_uri, share_client))
-        built.tuning["shared"] = shared
     return built
+
+
+class FleetRecords:
+    """The fleet's tuning records (tuning.share_uri): pulled into this device's database before
+    the stages that tune, pushed after them, by the compile child, which has the network (the
+    stages may not: agent.runner.offline). Needs no TVM: the database's key is the target's
+    JSON description."""
+
+    def __init__(self, database: Any, uri: str, client: Any, report: dict[str, Any]):
+        self.database, self.uri, self.client, self.report = database, uri, client, report
+
+    @classmethod
+    def pull(cls, job: Job, config: AgentConfig, progress: "_Progress", deadline: float) -> "FleetRecords | None":
+        """None when the agent shares no records or this job tunes nothing."""
+        from agent.compile import target, tuning
+
+        if not (config.tuning.database and config.tuning.share_uri):
+            return None
+        resolution = target.resolve(job.output_config, allow_cross=config.cross_compile)
+        if not tuning.job_budget(resolution.options, config.tuning, deadline - time.time()).tunes:
+            return None
+        database = tuning.open_database(config.state_dir, resolution.profile.name, resolution.tvm_config(),
+                                        max_mb=config.tuning.max_database_mb)
+        progress("prepare", 0, f"pulling the fleet's tuning records from {config.tuning.share_uri}")
+        client = _share_client(config)
+        return cls(database, config.tuning.share_uri, client, _share(database, "pull", config.tuning.share_uri, client))
+
+    def push(self, tuning_report: dict[str, Any], progress: "_Progress") -> None:
+        """Push when this job measured anything; the outcome goes into `tuning_report` ("shared")."""
+        if tuning_report.get("trials_measured"):
+            progress("package", 0, f"pushing tuning records to {self.uri}")
+            self.report.update(_share(self.database, "push", self.uri, self.client))
+        tuning_report["shared"] = self.report
 
 
 SHARE_PATIENCE_S = 60.0  # sharing is worth a minute of an S3 outage, not the job

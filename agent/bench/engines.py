@@ -100,14 +100,20 @@ CREDENTIAL_PREFIXES = ("AWS_", "NEO_AGENT_")
 CREDENTIAL_NAMES = frozenset({"SVCUID"})
 
 
-def _child_env(threads: int) -> dict[str, str]:
-    """The worker's environment: thread counts set before anything is imported, the agent
-    importable from wherever the parent found it, and no credentials."""
+def credential_free_environment() -> dict[str, str]:
+    """This process's environment less every credential, with the agent importable from
+    wherever this process found it: for the processes that run the user's model."""
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(CREDENTIAL_PREFIXES) and name not in CREDENTIAL_NAMES}
-    env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     root = str(Path(agent.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    """The worker's environment: thread counts set before anything is imported, and no credentials."""
+    env = credential_free_environment()
+    env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 

@@ -157,7 +157,10 @@ def main(argv: list[str]) -> int:
         import importlib
 
         pipeline = importlib.import_module(config.pipeline_module)
-        result = pipeline.run(job, config, workdir, reporter)
+        # The real pipeline reads the model in a process with no network (agent.runner.offline);
+        # the scripted stand-ins of the tests read nothing.
+        offline = {"offline": True} if config.pipeline_module == "agent.pipeline" else {}
+        result = pipeline.run(job, config, workdir, reporter, **offline)
         signal.setitimer(signal.ITIMER_REAL, 0)
         reporter.send(
             event="result",

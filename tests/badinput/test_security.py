@@ -340,3 +340,51 @@ def test_the_unit_hides_the_agents_processes_and_keeps_its_files_private():
     service = unit_settings()["Service"]
     assert service["ProtectProc"][-1] == "invisible" and service["UMask"][-1] == "0077"
     assert service["User"][-1] == "neo-agent" and service["NoNewPrivileges"][-1] == "yes"
+
+
+PROBE = """
+import socket, sys
+from agent.runner.offline import isolate_network
+print(isolate_network() if sys.argv[2] == "isolate" else "not asked")
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5).close()
+    print("connected")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_the_stages_that_read_the_model_reach_no_network(tmp_path, isolate):
+    """What a model's parser bug could run, runs where agent.runner.offline puts prepare, compile,
+    verify and benchmark: in its own user and network namespaces, where not even this machine's
+    loopback answers (the control, without them, connects)."""
+    import socket
+    import subprocess
+    import sys
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        probe = subprocess.run([sys.executable, "-c", PROBE, str(listener.getsockname()[1]),
+                                "isolate" if isolate else "no"], capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    said = probe.stdout.splitlines()
+    assert probe.returncode == 0, probe.stderr
+    if isolate:
+        assert said[0] == "isolated", said  # user namespaces are allowed on the machines this runs on
+        assert said[1].startswith("refused:") and "unreachable" in said[1], said
+    else:
+        assert said == ["not asked", "connected"]
+
+
+def test_real_jobs_read_their_models_offline(secret_run):
+    """secret_run's jobs went through agent.runner.offline: the one that compiled says so in its
+    metrics.json, and the corrupt model failed in it with the usual reason (the_three_jobs_ended_
+    as_expected)."""
+    files = secret_run["files"]
+    metrics = json.loads(files[secret_run["out"] / "model-ml_c5.metrics.json"])
+    assert metrics["sandbox"] == {"network": "isolated"}
+    logs = b"".join(data for path, data in files.items() if path.name == "job.log")
+    assert logs.count(b"stages prepare to benchmark in process") == 2, "tiny-ok and corrupt; presigned never fetched"
+    assert logs.count(b"network isolated") == 2
