@@ -31,6 +31,17 @@ def check_private_key(name: str, path: str) -> None:
         raise ConfigError(f"{name}: {path} can be read or written by its group or others (mode {mode:04o}); "
                           f"a private key must be owner-only: chmod 600 {path}")
 
+def check_files(section: Any, prefix: str, keys: tuple[str, ...], private_key: str = "") -> None:
+    """Each of `keys` set in `section` must name a file; `private_key`'s must be owner-only too.
+    Errors name the setting as `prefix` + key."""
+    for key in keys:
+        path = getattr(section, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{prefix}{key}: no such file: {path}")
+    if private_key and getattr(section, private_key):
+        check_private_key(prefix + private_key, getattr(section, private_key))
+
+
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "000000000000"  # the local agent's account; a fleet sets its real one
 DEFAULT_QUEUE_LIMIT = 100
@@ -266,12 +277,7 @@ class MqttConfig:
             raise ConfigError("mqtt.password: given without mqtt.username")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("mqtt.tls_cert: a client certificate needs mqtt.tls_key, and the other way round")
-        for key in ("tls_ca", "tls_cert", "tls_key"):
-            path = getattr(self, key)
-            if path and not Path(path).is_file():
-                raise ConfigError(f"mqtt.{key}: no such file: {path}")
-        if self.tls_key:
-            check_private_key("mqtt.tls_key", self.tls_key)
+        check_files(self, "mqtt.", ("tls_ca", "tls_cert", "tls_key"), private_key="tls_key")
         if not 5 <= int(self.keepalive) <= 65535:
             raise ConfigError(f"mqtt.keepalive: 5 to 65535 seconds, got {self.keepalive!r}")
         if int(self.max_payload_bytes) < 1024:
@@ -357,11 +363,7 @@ class S3Config:
         thing = self.iot_thing_name
         if not (1 <= len(thing) <= 128) or not all(c.isalnum() or c in ":_-" for c in thing):
             raise ConfigError(f"s3.iot_thing_name: 1-128 characters of [a-zA-Z0-9:_-], got {thing!r}")
-        for key in ("iot_cert", "iot_key", "iot_ca"):
-            path = getattr(self, key)
-            if path and not Path(path).is_file():
-                raise ConfigError(f"s3.{key}: no such file: {path}")
-        check_private_key("s3.iot_key", self.iot_key)
+        check_files(self, "s3.", ("iot_cert", "iot_key", "iot_ca"), private_key="iot_key")
 
     @staticmethod
     def secret_variable(field: str) -> str:
@@ -422,12 +424,7 @@ class AgentConfig:
         if bool(self.http_tls_cert) != bool(self.http_tls_key):
             raise ConfigError("http_tls_cert: a certificate for the HTTP endpoint needs http_tls_key, "
                               "and the other way round")
-        for key in ("http_tls_cert", "http_tls_key"):
-            path = getattr(self, key)
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{key}: no such file: {path}")
-        if self.http_tls_key:
-            check_private_key("http_tls_key", self.http_tls_key)
+        check_files(self, "", ("http_tls_cert", "http_tls_key"), private_key="http_tls_key")
         for key in ("max_retained_mb", "min_free_mb"):
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)!r}")
