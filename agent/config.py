@@ -31,6 +31,7 @@ def check_private_key(name: str, path: str) -> None:
         raise ConfigError(f"{name}: {path} can be read or written by its group or others (mode {mode:04o}); "
                           f"a private key must be owner-only: chmod 600 {path}")
 
+
 def check_files(section: Any, prefix: str, keys: tuple[str, ...], private_key: str = "") -> None:
     """Each of `keys` set in `section` must name a file; `private_key`'s must be owner-only too.
     Errors name the setting as `prefix` + key."""

@@ -89,6 +89,17 @@ def _raise_deadline(signum, frame):
     raise DeadlineExceeded()
 
 
+def die_with_parent(signum: int) -> bool:
+    """Have the kernel send this process `signum` when its parent dies (PR_SET_PDEATHSIG);
+    False where it cannot (not Linux)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _end_with_the_agent(agent_pid: int) -> None:
     """SIGTERM this child when the agent that started it dies (Linux's PR_SET_PDEATHSIG).
 
@@ -97,13 +108,7 @@ def _end_with_the_agent(agent_pid: int) -> None:
     agent has already failed with AgentRestart. With this it unwinds as on StopCompilationJob,
     at once. The restarted agent still kills a child it finds (agent.runner.runner.recover).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):  # not Linux: recover() is the only guard
+    if not die_with_parent(signal.SIGTERM):  # not Linux: recover() is the only guard
         return
     if os.getppid() != agent_pid:  # the agent died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)

@@ -46,7 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CLONE_NEWUSER = 0x10000000  # <linux/sched.h>
 CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 SPEC_NAME = "offline.json"
 STAGES = ("prepare", "compile", "verify", "benchmark")  # what runs here (agent.pipeline.stages)
 
@@ -133,16 +132,11 @@ def run(job: "Job", config: "AgentConfig", workdir: Path, model_path: Path, prog
 
 def main(argv: list[str]) -> int:
     isolation = isolate_network()  # first, while this process has one thread
-    import ctypes
-
-    from agent.runner.child import PipeReporter, Stopped, _raise_stopped, memory_failure
+    from agent.runner.child import PipeReporter, Stopped, _raise_stopped, die_with_parent, memory_failure
 
     spec = json.loads(Path(argv[1]).read_text())
     reporter = PipeReporter(os.fdopen(int(argv[2]), "w", buffering=1), Path(spec["log"]) if spec["log"] else None)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGTERM, _raise_stopped)
 
     from agent import logs, pipeline
@@ -163,10 +157,8 @@ def main(argv: list[str]) -> int:
         reporter.send(event="offline-result", metrics=metrics, library=library)
     except Stopped:
         reporter.send(event="stopped")
-    except MemoryError:
-        reporter.send(event="offline-failure", kind="ClientError", keyword="ModelSizeTooBig",
-                      detail=memory_failure(config.memory_limit_mb, "allocation refused").detail)
-    except JobFailure as failure:
+    except (MemoryError, JobFailure) as exc:
+        failure = memory_failure(config.memory_limit_mb, "allocation refused") if isinstance(exc, MemoryError) else exc
         reporter.send(event="offline-failure", kind=failure.kind, keyword=failure.keyword, detail=failure.detail,
                       metrics=getattr(failure, "metrics", None))
     except Exception as exc:  # a bug or an untranslated library error, as agent.runner.child words it
