@@ -14,10 +14,22 @@ It is a fresh interpreter, not a fork: nothing of the child's memory (its S3 cli
 credentials it read) comes with it, and its environment has no AWS_*, NEO_AGENT_* or SVCUID
 (agent.bench.engines.credential_free_environment, as the engine workers').
 
-Where the namespaces cannot be made (user namespaces disabled, a unit with
-RestrictNamespaces=yes), the stages run all the same, and metrics.json says so:
-"sandbox": {"network": "not isolated: <why>"}. A job is never failed for it; an operator who
-needs the isolation checks that field (or `neo-agent check-config`).
+Then it confines its own file access with Landlock (agent.runner.landlock; Linux 5.13 and
+later): it may read the system's software (/usr, /lib*, /bin, /sbin, /etc, /opt, /proc, /sys)
+and the Python environment the agent runs from, and read and write only this job's work
+folder and log, the tuning database and /dev. The agent's state directory (its job store, every other job's
+model and artifact), its configuration directory (/etc/neo-agent: agent.toml, agent.env, the
+keys kept there) and the files the compile child names (the file NEO_AGENT_CONFIG names,
+AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, the s3.iot_* certificate and key) stay out even
+where they lie inside those trees; home directories (~/.aws) and /tmp are out altogether, and
+temporary files go to the job's work/tmp. Landlock also keeps it from TCP (ABI 4) and from
+signalling processes outside it (ABI 6). The user namespace already keeps the agent's and the
+compile child's /proc/PID/environ and memory (where the S3 secrets are) closed to it.
+
+Where the namespaces or Landlock cannot be had (user namespaces disabled, a unit with
+RestrictNamespaces=yes, a kernel without Landlock), the stages run all the same, and
+metrics.json says so: "sandbox": {"network": "not isolated: <why>", "files": "not confined:
+<why>"}. A job is never failed for it; an operator who needs the isolation checks those fields.
 
 Messages go up the pipe FD as the child's do (agent.runner.child); the child passes the stage
 reports on to the agent and keeps the last one, so a deadline or a Stop names the right
@@ -48,6 +60,9 @@ CLONE_NEWUSER = 0x10000000  # <linux/sched.h>
 CLONE_NEWNET = 0x40000000
 SPEC_NAME = "offline.json"
 STAGES = ("prepare", "compile", "verify", "benchmark")  # what runs here (agent.pipeline.stages)
+SYSTEM_TREES = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys")
+TUNING_DIR = "tuning"  # agent.compile.tuning.DATABASE_DIR, not imported: that would import TVM before confinement
+HIDDEN_VARIABLES = ("NEO_AGENT_CONFIG", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
 
 def isolate_network() -> str:
@@ -72,6 +87,50 @@ def isolate_network() -> str:
     return "isolated"
 
 
+def confine_files(spec: dict[str, Any]) -> str:
+    """Landlock this process to what the stages need (see the module docstring); "confined
+    (Landlock ABI N)", or "not confined: <why>". Must run while the process has one thread."""
+    from agent.configfile import DEFAULT_CONFIG_PATH
+    from agent.runner import landlock
+
+    workdir, state_dir = Path(spec["workdir"]), Path(spec["config"]["state_dir"])
+    scratch = workdir / "tmp"
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)  # tempfile's, and the compilers' and engine workers' it starts
+    write = [workdir, Path("/dev"), *([Path(spec["log"])] if spec["log"] else [])]
+    if spec["config"]["tuning"]["database"]:
+        write.append(state_dir / TUNING_DIR)
+        write[-1].mkdir(mode=0o700, parents=True, exist_ok=True)  # made later, it would be outside the rules
+    hide = [state_dir, DEFAULT_CONFIG_PATH.parent, *map(Path, spec.get("hide", []))]
+    try:
+        version = landlock.restrict([*map(Path, SYSTEM_TREES), *python_trees()], write, hide)
+    except (landlock.Unavailable, OSError) as exc:
+        return f"not confined: {exc}"
+    return f"confined (Landlock ABI {version})"
+
+
+def python_trees() -> list[Path]:
+    """Where this interpreter and the agent's code are read from: the prefixes, the standard
+    library and site-packages, the agent's source root and PYTHONPATH's entries; not the
+    working directory that `python -m` puts first on sys.path (the service's is /)."""
+    import sysconfig
+
+    import agent
+
+    trees = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             *(sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+             str(Path(agent.__file__).resolve().parent.parent),
+             *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+             *sys.path[1:]}
+    return [Path(tree) for tree in sorted(t for t in trees if t and t != "/")]
+
+
+def _hidden_files(config: "AgentConfig") -> list[str]:
+    """The secret files the compile child knows of, for confine_files to keep out."""
+    named = [os.environ.get(name, "") for name in HIDDEN_VARIABLES]
+    return [path for path in (*named, config.s3.iot_key, config.s3.iot_cert) if path]
+
+
 def run(job: "Job", config: "AgentConfig", workdir: Path, model_path: Path, progress: Any,
         deadline: float) -> tuple[dict, str]:
     """agent.pipeline.stages in an offline process; its (metrics, library), or its failure
@@ -83,7 +142,7 @@ def run(job: "Job", config: "AgentConfig", workdir: Path, model_path: Path, prog
     settings.pop("s3")  # the stages touch no storage; the fleet's records are the child's to move
     spec = {"job": job.to_dict(), "config": settings, "workdir": str(workdir), "model": str(model_path),
             "deadline": deadline, "stage": progress.stage,
-            "percent": progress.percent, "log": str(progress.report.log_path or "")}
+            "percent": progress.percent, "log": str(progress.report.log_path or ""), "hide": _hidden_files(config)}
     spec_path.write_text(json.dumps(spec))
     os.chmod(spec_path, 0o600)
     from agent.bench.engines import credential_free_environment
@@ -132,9 +191,10 @@ def run(job: "Job", config: "AgentConfig", workdir: Path, model_path: Path, prog
 
 def main(argv: list[str]) -> int:
     isolation = isolate_network()  # first, while this process has one thread
+    spec = json.loads(Path(argv[1]).read_text())
+    confinement = confine_files(spec)  # as well
     from agent.runner.child import PipeReporter, Stopped, _raise_stopped, die_with_parent, memory_failure
 
-    spec = json.loads(Path(argv[1]).read_text())
     reporter = PipeReporter(os.fdopen(int(argv[2]), "w", buffering=1), Path(spec["log"]) if spec["log"] else None)
     die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGTERM, _raise_stopped)
@@ -147,13 +207,13 @@ def main(argv: list[str]) -> int:
     job = Job.from_dict(spec["job"])
     logs.setup("INFO", job=job.name)
     log = logging.getLogger("agent.offline")
-    log.info("stages prepare to benchmark in process %d: network %s", os.getpid(), isolation)
+    log.info("stages prepare to benchmark in process %d: network %s, files %s", os.getpid(), isolation, confinement)
     progress = pipeline._Progress(reporter)
     progress.stage, progress.percent = spec["stage"], float(spec["percent"])
     try:
         metrics, library = pipeline.stages(job, config, Path(spec["workdir"]), Path(spec["model"]), progress,
                                            float(spec["deadline"]))
-        metrics["sandbox"] = {"network": isolation}
+        metrics["sandbox"] = {"network": isolation, "files": confinement}
         reporter.send(event="offline-result", metrics=metrics, library=library)
     except Stopped:
         reporter.send(event="stopped")

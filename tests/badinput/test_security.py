@@ -378,13 +378,103 @@ def test_the_stages_that_read_the_model_reach_no_network(tmp_path, isolate):
         assert said == ["not asked", "connected"]
 
 
+CONFINED_PROBE = """
+import json, os, socket, subprocess, sys, tempfile
+from pathlib import Path
+from agent.runner.offline import confine_files
+spec = json.loads(sys.argv[1])
+print(confine_files(spec))
+state, work = Path(spec["config"]["state_dir"]), Path(spec["workdir"])
+def attempt(what, action):
+    try:
+        action()
+        print(what, "done")
+    except Exception as exc:
+        print(what, "refused:", getattr(exc, "strerror", None) or exc)
+attempt("read another job's model", lambda: (state / "jobs" / "other" / "work" / "model.onnx").read_bytes())
+attempt("read the job store", lambda: (state / "jobs.sqlite3").read_bytes())
+attempt("read a file elsewhere", lambda: Path(sys.argv[2]).read_bytes())
+attempt("write a file elsewhere", lambda: (Path(sys.argv[2]).parent / "dropped").write_text("x"))
+attempt("write in the work folder", lambda: (work / "artifact" / "model.so").write_text("x"))
+attempt("write in the tuning database", lambda: (state / "tuning" / "records.json").write_text("x"))
+attempt("append to the job's log", lambda: open(spec["log"], "a").write("a line"))
+attempt("make a temporary file", lambda: print(tempfile.mkstemp()[1].startswith(str(work / "tmp")), end=" "))
+attempt("read the system's files", lambda: Path("/etc/passwd").read_bytes())
+attempt("run python with numpy", lambda: subprocess.run([sys.executable, "-c", "import numpy"], check=True))
+attempt("connect over TCP", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=5).close())
+"""
+
+
+def test_the_stages_that_read_the_model_read_and_write_only_what_they_need(tmp_path):
+    """agent.runner.offline.confine_files, as the offline process runs it before reading the
+    model: this job's work folder, log and the tuning database are its own; the rest of the
+    agent's state directory (the job store, other jobs' models) and any file outside the
+    system's and Python's trees are closed to it, as is TCP even without the network namespace
+    (Landlock; the machines this runs on have it)."""
+    import socket
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    work = state / "jobs" / "this" / "work"
+    (work / "artifact").mkdir(parents=True)
+    (state / "jobs" / "other" / "work").mkdir(parents=True)
+    (state / "jobs" / "other" / "work" / "model.onnx").write_bytes(b"another user's model")
+    (state / "jobs.sqlite3").write_bytes(b"records")
+    (state / "jobs" / "this" / "job.log").write_text("")
+    elsewhere = tmp_path / "elsewhere" / "credentials"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("[default]\naws_secret_access_key = x\n")
+    spec = {"workdir": str(work), "log": str(state / "jobs" / "this" / "job.log"), "hide": [],
+            "config": {"state_dir": str(state), "tuning": {"database": True}}}
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        probe = subprocess.run([sys.executable, "-c", CONFINED_PROBE, json.dumps(spec), str(elsewhere),
+                                str(listener.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    assert probe.returncode == 0, probe.stderr
+    said = probe.stdout.splitlines()
+    assert said[0].startswith("confined (Landlock ABI "), said
+    assert said[1:] == [
+        "read another job's model refused: Permission denied",
+        "read the job store refused: Permission denied",
+        "read a file elsewhere refused: Permission denied",
+        "write a file elsewhere refused: Permission denied",
+        "write in the work folder done",
+        "write in the tuning database done",
+        "append to the job's log done",
+        "True make a temporary file done",
+        "read the system's files done",
+        "run python with numpy done",
+        "connect over TCP refused: Permission denied",
+    ]
+    assert not (tmp_path / "elsewhere" / "dropped").exists()
+
+
+def test_landlock_rules_leave_out_the_hidden_paths_inside_a_tree(tmp_path):
+    """A tree that holds a hidden path is granted entry by entry around it, down its ancestors."""
+    from agent.runner import landlock
+
+    etc = tmp_path / "etc"
+    for folder in ("neo-agent", "ssl/private", "ssl/certs"):
+        (etc / folder).mkdir(parents=True)
+    (etc / "passwd").write_text("")
+    (etc / "neo-agent" / "agent.toml").write_text("")
+    rules = landlock.rules([etc, tmp_path / "absent"], [etc / "ssl" / "certs"],
+                           [etc / "neo-agent", etc / "ssl" / "private"])
+    assert rules == [(etc / "passwd", landlock.READ), (etc / "ssl" / "certs", landlock.READ),
+                     (etc / "ssl" / "certs", landlock.WRITE)]
+
+
 def test_real_jobs_read_their_models_offline(secret_run):
     """secret_run's jobs went through agent.runner.offline: the one that compiled says so in its
     metrics.json, and the corrupt model failed in it with the usual reason (the_three_jobs_ended_
     as_expected)."""
     files = secret_run["files"]
     metrics = json.loads(files[secret_run["out"] / "model-ml_c5.metrics.json"])
-    assert metrics["sandbox"] == {"network": "isolated"}
+    assert metrics["sandbox"]["network"] == "isolated"
+    assert metrics["sandbox"]["files"].startswith("confined (Landlock ABI "), metrics["sandbox"]
     logs = b"".join(data for path, data in files.items() if path.name == "job.log")
     assert logs.count(b"stages prepare to benchmark in process") == 2, "tiny-ok and corrupt; presigned never fetched"
-    assert logs.count(b"network isolated") == 2
+    assert logs.count(b"network isolated, files confined") == 2
