@@ -111,8 +111,8 @@ def bert_base():
 BUILDERS = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert-base": bert_base}
 
 
-def export(name: str, out_dir: Path) -> Path:
-    """Build `name` with seeded weights, in eval mode, and write out_dir/<name>.onnx."""
+def seeded(name: str):
+    """`name` built with seeded weights, in eval mode (a torch.nn.Module)."""
     import torch
 
     torch.manual_seed(0)
@@ -121,6 +121,14 @@ def export(name: str, out_dir: Path) -> Path:
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def export(name: str, out_dir: Path) -> Path:
+    """Build `name` with seeded weights, in eval mode, and write out_dir/<name>.onnx."""
+    import torch
+
+    model = seeded(name)
     input_name, shape = SHAPES[name]
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"

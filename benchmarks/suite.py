@@ -61,9 +61,10 @@ def source(name: str, models_dir: Path) -> tuple[Path, str, list[int], str]:
     return model_path(name), input_name, shape, f"published: PyPI package {package}, {rel}"
 
 
-def run_job(state: Path, tmp: Path, name: str, label: str, archive: Path, input_name: str, shape: list[int],
-            options: dict, runtime_s: int, bench) -> dict:
-    """One CreateCompilationJob on an agent whose state (and tuning database) is `state`."""
+def run_job(state: Path, tmp: Path, name: str, label: str, archive: Path, data_input: str | None,
+            options: dict, runtime_s: int, bench, framework: str = "ONNX") -> dict:
+    """One CreateCompilationJob on an agent whose state (and tuning database) is `state`;
+    `data_input` is the request's DataInputConfig (None: left out)."""
     from agent.config import AgentConfig
     from agent.service.agent import Agent
 
@@ -73,8 +74,8 @@ def run_job(state: Path, tmp: Path, name: str, label: str, archive: Path, input_
     with Agent(config) as agent:
         agent.api.call("CreateCompilationJob", {
             "CompilationJobName": job, "RoleArn": "arn:aws:iam::000000000000:role/bench",
-            "InputConfig": {"S3Uri": archive.as_uri(), "Framework": "ONNX",
-                            "DataInputConfig": json.dumps({input_name: shape})},
+            "InputConfig": {"S3Uri": archive.as_uri(), "Framework": framework,
+                            **({"DataInputConfig": data_input} if data_input is not None else {})},
             "OutputConfig": {"S3OutputLocation": (tmp / "out").as_uri(), "TargetDevice": "ml_c5",
                              "CompilerOptions": json.dumps(options)},
             "StoppingCondition": {"MaxRuntimeInSeconds": runtime_s},
@@ -117,7 +118,8 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                          (f"warm-{budget}", state, {"tuning_seconds": budget}, budget + LATER_STAGES_S)]
             artifacts = {}
             for label, state, options, runtime_s in plan:
-                variant = run_job(state, tmp, name, label, archive, input_name, shape, options, runtime_s, bench)
+                variant = run_job(state, tmp, name, label, archive, json.dumps({input_name: shape}), options,
+                                  runtime_s, bench)
                 artifacts.update(_keep_artifact(tmp, label, variant))
                 variant.update(command="python " + " ".join(sys.argv), machine=machine(), commit=commit(),
                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
@@ -125,7 +127,8 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                 result_path.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{name} {label}: {line(variant)}", flush=True)
             if artifacts:
-                result["side_by_side"] = side_by_side(path, artifacts, input_name, shape, tmp, bench.threads)
+                specs = [{"name": input_name, "shape": shape, "dtype": "float32"}]
+                result["side_by_side"] = side_by_side(path, artifacts, specs, tmp, bench.threads)
                 result_path.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{name} side by side: {result['side_by_side']['p50_ms']}", flush=True)
 
@@ -144,17 +147,18 @@ def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
     return {label: kept}
 
 
-def side_by_side(model: Path, artifacts: dict[str, Path], input_name: str, shape: list[int], tmp: Path,
-                 threads: int) -> dict:
-    """Every build of one model and onnxruntime timed in turn (see the module docstring)."""
+def side_by_side(model: Path, artifacts: dict[str, Path], inputs: list[dict], tmp: Path, threads: int,
+                 reference: str = "onnxruntime") -> dict:
+    """Every build of one model and its reference engine timed in turn (see the module
+    docstring); `inputs` the model's input specs (name, shape, dtype)."""
     import numpy as np
 
     from agent.bench import make_inputs, run_engine, save_npz
     from agent.config import BenchConfig
 
     bench = BenchConfig(min_iterations=30, min_seconds=3.0, max_seconds=60, threads=threads)
-    inputs = save_npz(tmp / "side-inputs.npz", make_inputs([{"name": input_name, "shape": shape, "dtype": "float32"}]))
-    engines = [("onnxruntime", "onnxruntime", model)] + [(label, "tvm", path) for label, path in artifacts.items()]
+    inputs = save_npz(tmp / "side-inputs.npz", make_inputs(inputs))
+    engines = [(reference, reference, model)] + [(label, "tvm", path) for label, path in artifacts.items()]
     rounds: dict[str, list[float]] = {label: [] for label, _, _ in engines}
     for index in range(SIDE_ROUNDS):
         shift = index % len(engines)
@@ -197,8 +201,9 @@ def ratio(metrics: dict) -> float:
 
 
 # --- the report ---------------------------------------------------------------------------------
-def load_results(out_dir: Path) -> list[dict]:
-    found = {p.stem: json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))}
+def load_results(*dirs: Path) -> list[dict]:
+    """Every model's results in `dirs`; a model found in several is taken from the last."""
+    found = {p.stem: json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("*.json"))}
     return [found[n] for n in SUITE if n in found] + [r for n, r in found.items() if n not in SUITE]
 
 
@@ -214,7 +219,7 @@ def _minutes(label: str) -> str:
     return label if not budget else f"{kind} {int(budget) / 60:g} min"
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], report_command: str = "python benchmarks/suite.py report") -> str:
     labels = variant_labels(results)
     variants = [v for r in results for v in r["variants"].values()]
     machines = sorted({f"{v['machine']['cpu']}, {v['machine']['cores_available']} cores, {v['machine']['memory_gb']} GB"
@@ -224,7 +229,7 @@ def markdown(results: list[dict]) -> str:
     loads = [v["load_average"] for v in variants]
     lines = [
         "# Benchmark suite: TVM on this device beside onnxruntime", "",
-        "Made by: " + "; ".join(f"`{c}`" for c in commands) + ", then `python benchmarks/suite.py report`  ",
+        "Made by: " + "; ".join(f"`{c}`" for c in commands) + f", then `{report_command}`  ",
         f"Machine: {'; '.join(machines)}  ",
         "Agent source: " + ", ".join(sorted({v.get("commit", "not recorded") for v in variants})) + "  ",
         f"Dates: {dates[0]} to {dates[-1]}; load average (1 min) after each job: "
@@ -350,14 +355,19 @@ def main() -> None:
     run_args.add_argument("--no-rule", action="store_true", help="skip the untuned (rule) job")
     run_args.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "neo-agent-suite-models")
     report_args = sub.add_parser("report")
+    report_args.add_argument("--from", dest="sources", type=Path, action="append", default=[],
+                             help="read the results of these runs' folders (repeatable) instead of --out's; "
+                                  "a model in several is taken from the last")
     for p in (run_args, report_args):
         p.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.command == "run":
         budgets = [int(b) for b in args.budgets.split(",") if b]
         run(args.models.split(","), budgets, args.out, args.models_dir, not args.no_rule)
-    results = load_results(args.out)
-    (args.out / "suite.md").write_text(markdown(results))
+    results = load_results(*(getattr(args, "sources", None) or [args.out]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    sources = getattr(args, "sources", None)
+    (args.out / "suite.md").write_text(markdown(results, *(["python " + " ".join(sys.argv)] if sources else [])))
     chart(results, args.out / "suite.png")
     print(f"wrote {args.out / 'suite.md'} and suite.png")
 
