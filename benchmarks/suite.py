@@ -306,6 +306,13 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
             tuned = "tuned-" + w.split("-", 1)[1]
             cells.append(f"{p50s[w] / p50s[tuned]:.3f}" if w in p50s and tuned in p50s else "-")
         lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(cells) + " |")
+    geo = []
+    for label in labels:
+        ratios = [r["side_by_side"]["p50_ms"][label] / r["side_by_side"]["p50_ms"]["onnxruntime"]
+                  for r in timed if label in r["side_by_side"]["p50_ms"]]
+        geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**"
+                   + ("" if len(ratios) == len(timed) else f" ({len(ratios)} of {len(timed)})") if ratios else "-")
+    lines.append("| geometric mean | | " + " | ".join(geo) + " |" + " |" * len(warm))
     return lines + [""]
 
 
