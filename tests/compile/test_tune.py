@@ -230,6 +230,40 @@ def test_a_warm_database_is_applied_without_tuning_and_only_for_its_own_cpu(tiny
     _check_outputs(tiny, built)
 
 
+@pytest.mark.parametrize("untuned_s, tuned_s, kept", [(0.010, 0.020, False), (0.020, 0.010, True)])
+def test_new_tuned_kernels_are_kept_only_if_the_model_is_not_slower_with_them(tiny, tmp_path, monkeypatch,
+                                                                                untuned_s, tuned_s, kept):
+    """Step 6 times the build with the newly chosen kernels against the one without, in turn:
+    slower by more than MODEL_TOLERANCE, the kernels are rejected in the database with the
+    reason and the untuned build ships; otherwise the tuned one does. (The choice is made new
+    here by hiding it from step 2; the race's result is given, the rest is real.)"""
+    from agent.compile.tuning import job as job_module
+    from agent.compile.tuning import open_database, profile, tune_and_build
+
+    _, imported, tvm_target, desc = tiny
+    workload, entry = _rule_record(tiny, "fused_conv2d_add_relu")
+    database = open_database(tmp_path / "state", "test", desc)
+    database.merge(Snapshot({workload: entry}))
+    real = job_module.TuningJob.decided_winners
+    calls = []
+
+    def first_none(self):
+        calls.append(1)
+        return {} if len(calls) == 1 else real(self)
+
+    raced = []
+    monkeypatch.setattr(job_module.TuningJob, "decided_winners", first_none)
+    monkeypatch.setattr(profile, "race", lambda first, second, inputs: raced.append(1) or (untuned_s, tuned_s))
+    built = tune_and_build(imported.mod, tvm_target, tmp_path / "out", database=database)
+    assert raced == [1]
+    assert built.schedule["tuned"] == (["fused_conv2d_add_relu"] if kept else [])
+    assert built.tuning["latency_ms"]["untuned_ms"] == untuned_s * 1e3
+    choice = open_database(tmp_path / "state", "test", desc).load().entries[workload].choice
+    assert choice["winner"] == ("tuned" if kept else "rule")
+    assert kept or choice["rejected"].startswith("the model ran slower with them: 20.000 ms against 10.000 ms")
+    _check_outputs(tiny, built)
+
+
 def test_a_record_that_cannot_be_replayed_leaves_the_rule_schedule(tiny, tmp_path):
     from agent.compile import schedule
     from agent.compile.tuning import open_database, tune_and_build

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from agent.compile import schedule
 from agent.compile.tuning import plan
 from agent.compile.tuning.database import Entry, Snapshot, TuningDatabase, now_iso, record_id
+from agent.compile.tuning.profile import RACE_ROUNDS, RACE_RUNS, WARMUP_RUNS
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -141,7 +142,8 @@ class TuningJob:
         and PP-OCRv4 rec's warm recompiles took 78 and 74 s comparing what the tuned job had
         planned after it reserved, against 22-45 s for the others)."""
         to_compare = set(planned) | self._undecided_set()
-        return REBUILD_FACTOR * build_s + COMPARE_S_PER_TASK * (len(to_compare) + 1) + SAFETY_S
+        race_s = 2 * (WARMUP_RUNS + RACE_ROUNDS * RACE_RUNS) * self.latency.get("start_ms", 0.0) / 1e3  # step 6's
+        return REBUILD_FACTOR * build_s + COMPARE_S_PER_TASK * (len(to_compare) + 1) + race_s + SAFETY_S
 
     def _model_trials(self, tune_until: float) -> int:
         """The trials the budget buys this model: the trial limit, or the time until

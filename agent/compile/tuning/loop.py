@@ -15,7 +15,10 @@
   5. per tuned workload, measure the best record against the rule schedule, both built and run
      the same way; keep the faster (the rule schedule on a tie) and record the choice
   6. if any choice changed: build again, check its outputs against step 3's build on the same
-     inputs (else keep step 3's build and record the new choices as rejected), export
+     inputs, and time the two builds in turn (profile.race); unless the new build computes the
+     same and is no more than MODEL_TOLERANCE slower, keep step 3's build and record the new
+     choices as rejected, with the reason. Kernels that win timed alone can lose in the model
+     (weights read from memory, not cache; threads); the model is what ships. Export.
 
 Everything is bounded by `budget_s` for this whole call: tuning stops early enough to leave
 time for step 5 and 6, estimated from what step 3's build took. No budget and no trials
@@ -47,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 OUTPUT_RTOL = OUTPUT_ATOL = 1e-3  # the verification stage's default tolerances
+MODEL_TOLERANCE = 0.02  # step 6 keeps new tuned kernels when the model is at most this much slower with them
 
 
 @dataclasses.dataclass
@@ -153,6 +157,13 @@ def _steps(job: "TuningJob", rule_mod, schedule_report, out_dir, linkable, wants
             with _translated("profiling the tuned model"):
                 after = profiling.profile(final_executable, inputs, set(job.kernel_names))
             mismatch = _mismatch(after.outputs, before.outputs)
+            if mismatch is None:
+                with _translated("timing the tuned model against the untuned"):
+                    old_s, new_s = profiling.race(executable, final_executable, inputs)
+                job.latency.update(untuned_ms=old_s * 1e3, tuned_ms=new_s * 1e3)
+                if new_s > old_s * (1 + MODEL_TOLERANCE):
+                    mismatch = (f"the model ran slower with them: {new_s * 1e3:.3f} ms against "
+                                f"{old_s * 1e3:.3f} ms without, timed in turn")
         except JobFailure as failure:  # the untuned build stands; the job goes on with it
             mismatch = f"does not build or run: {failure.detail}"
         if mismatch is None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 WARMUP_RUNS = 1
 LATENCY_RUNS = 5
 KERNEL_RUNS = 3
+RACE_ROUNDS = 4   # race(): rounds of the two builds in turn ...
+RACE_RUNS = 3     # ... and runs of each per round
 INPUT_SEED = 0
 # What SplitLayoutRewritePreproc appends to the name of a kernel whose weights it packed
 # (agent.compile.optimize.pack_weights); the kernel is still the one tuning knows by name.
@@ -97,6 +99,29 @@ def profile(executable: Any, inputs: list[np.ndarray], kernel_names: set[str], *
     names = {name for run in per_run for name in run}
     kernels = {name: statistics.median(run.get(name, 0.0) for run in per_run) for name in names}
     return Profile(kernels, statistics.median(latencies), outputs)
+
+
+def race(first: Any, second: Any, inputs: list[np.ndarray], *, rounds: int = RACE_ROUNDS,
+         runs: int = RACE_RUNS) -> tuple[float, float]:
+    """Median end-to-end seconds of two executables of one model on the same inputs, timed in
+    turn: `rounds` rounds of `runs` runs each, the order swapped every round, so whatever else
+    the machine does in the meantime falls on both alike."""
+    import tvm
+    from tvm import relax
+
+    mains = [relax.VirtualMachine(executable, tvm.cpu())["main"] for executable in (first, second)]
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    for main in mains:
+        for _ in range(WARMUP_RUNS):
+            main(*args)
+    times: list[list[float]] = [[], []]
+    for round_index in range(rounds):
+        for which in ((0, 1) if round_index % 2 == 0 else (1, 0)):
+            for _ in range(runs):
+                start = time.perf_counter()
+                mains[which](*args)
+                times[which].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _numpy(value: Any) -> list[np.ndarray]:
