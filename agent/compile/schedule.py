@@ -44,10 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 # Bump when a rule changes what it produces, so metrics from two versions are not confused.
-RULE_VERSION = "cpu-tile/7"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
+RULE_VERSION = "cpu-tile/8"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
 # 4: the column loop outermost where weights re-read per row tile would stream from beyond L2;
 # 5: depthwise convolutions read their zero padding inline; 6: the epilogue reads the accumulators;
-# 7: 2 x 2-position tiles where 4 divides neither side of the map
+# 7: 2 x 2-position tiles where 4 divides neither side of the map; 8: no epilogue on the tile
+# with more instances than the tile has outputs (a channel pad: wrong results before)
 
 # SIMD register width by target feature, widest first. target_has_features asks LLVM about
 # the target's mtriple/mcpu/mattr, so a CompilerOptions mcpu or mattr counts. LLVM's own
@@ -484,13 +485,19 @@ def _attach_epilogue(sch: "s_tir.Schedule", block_rv: Any, loop: Any, max_flops:
     """Compute the elementwise consumers of a block (a tile's write-back: bias, activation,
     a residual add) on its tile, while the results are still in registers or cache. A
     consumer that is itself a reduction, that reads more than the tile, or that costs more
-    than `max_flops` an element, stays a separate stage."""
+    than `max_flops` an element, stays a separate stage. So does one with more instances than
+    the block has outputs (a channel pad fused into an add: 32 channels out of 16):
+    reverse_compute_at would give it only the instances that read the tile, and the others
+    would never be computed (face-landmark's pool + pad + add lost half its channels)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     attached = []
+    outputs = _elements(sch.get(block_rv).writes[0].source)
     for consumer in sch.get_consumers(block_rv):
         stmt = sch.get(consumer)
         if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars):  # 0: data parallel
+            continue
+        if outputs is None or _domain(stmt) != outputs:
             continue
         if max_flops is not None and float(estimate_tir_flops(stmt)) > max_flops:
             continue
@@ -500,6 +507,24 @@ def _attach_epilogue(sch: "s_tir.Schedule", block_rv: Any, loop: Any, max_flops:
             continue
         attached.append(stmt.name_hint)
     return attached
+
+
+def _elements(buffer: Any) -> int | None:
+    """How many elements a buffer holds; None when its shape is not constant."""
+    size = _bytes(buffer)
+    return None if size is None else size * 8 // buffer.dtype.bits
+
+
+def _domain(stmt: Any) -> int | None:
+    """How many instances a block has (the product of its iterators' extents); None if not constant."""
+    from tvm import tirx
+
+    count = 1
+    for iv in stmt.iter_vars:
+        if not isinstance(iv.dom.extent, tirx.IntImm):
+            return None
+        count *= int(iv.dom.extent)
+    return count
 
 
 def _vectorize_innermost(sch: "s_tir.Schedule", block_rv: Any) -> None:

@@ -307,3 +307,28 @@ def test_a_depthwise_convolution_reads_its_zero_padding_inline(target, groups, p
     assert "pad_temp" in next(f for n, f in kernels(fused).items() if "conv2d" in n).script()
     assert ('T.sblock("pad_temp")' in conv) == padded_copy
     assert_computes_the_same(fused, mod, target, shapes, seed=11)
+
+
+def test_an_epilogue_with_more_outputs_than_the_tile_stays_a_pass_of_its_own(target):
+    """MediaPipe's face-landmark block: 2x2 max pooling (16 channels), its channels padded
+    with zeros to 32 and added to a 32-channel tensor, fused into one kernel. Computed on
+    the pooling's tile, the add got only the 16 channels that read the tile and never wrote
+    the other 16 (the model's outputs were off by up to 19). It computes what the unscheduled
+    kernel does."""
+    from tvm import relax
+
+    shapes = {"x": (1, 16, 16, 16), "y": (1, 8, 8, 32)}
+    params = {name: relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in shapes.items()}
+    builder = relax.BlockBuilder()
+    with builder.function("main", list(params.values())):
+        with builder.dataflow():
+            pooled = relax.op.nn.max_pool2d(params["x"], pool_size=(2, 2), strides=(2, 2), layout="NHWC")
+            padded = relax.op.nn.pad(pooled, pad_width=[0, 0, 0, 0, 0, 0, 0, 16])
+            out = builder.emit_output(relax.op.add(padded, params["y"]))
+        builder.emit_func_output(out)
+    with target:
+        fused = relax.get_pipeline("zero")(builder.get())
+    assert len(kernels(fused)) == 1, "pool, pad and add are no longer fused: this tests nothing"
+    mod, report = schedule.schedule_module(fused, target)
+    assert report["by_kind"]["tiled"] == 1 and report["failures"] == []
+    assert_computes_the_same(fused, mod, target, shapes, seed=17)
