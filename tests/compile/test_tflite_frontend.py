@@ -90,8 +90,9 @@ def test_blazeface_a_published_model_compiles_and_matches_litert(tmp_path):
 
 
 @pytest.mark.models
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["face-landmark", "iris-landmark"])
+@pytest.mark.parametrize("name", [
+    "face-landmark",  # in CI: its pool + pad + add blocks caught a wrong tile epilogue (cpu-tile/8)
+    pytest.param("iris-landmark", marks=pytest.mark.slow)])
 def test_published_float_models(tmp_path, name):
     compile_and_compare(published_tflite(name), tmp_path / "out")
 
