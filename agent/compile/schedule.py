@@ -44,11 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 # Bump when a rule changes what it produces, so metrics from two versions are not confused.
-RULE_VERSION = "cpu-tile/8"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
+RULE_VERSION = "cpu-tile/9"  # 2: predicated 4-row tiles on 14x14, 7x7 maps; 3: 8 rows when one vector wide;
 # 4: the column loop outermost where weights re-read per row tile would stream from beyond L2;
 # 5: depthwise convolutions read their zero padding inline; 6: the epilogue reads the accumulators;
 # 7: 2 x 2-position tiles where 4 divides neither side of the map; 8: no epilogue on the tile
-# with more instances than the tile has outputs (a channel pad: wrong results before)
+# with more instances than the tile has outputs (a channel pad: wrong results before);
+# 9: half-register-wide tiles, 12 or 8 rows, where no whole register divides the channels
 
 # SIMD register width by target feature, widest first. target_has_features asks LLVM about
 # the target's mtriple/mcpu/mattr, so a CompilerOptions mcpu or mattr counts. LLVM's own
@@ -63,7 +64,15 @@ FLOAT_BITS = 32
 # weights. A tile one vector wide (24 or 360 output channels: 16 does not divide them) is 8
 # rows tall, for as many accumulators: PP-OCRv4 det's 3x3 convolutions to 24 channels ran 13-35 %
 # faster. Where the tile's height divides no output axis (14x14 and 7x7 maps), see _row_tile.
+# With 512-bit vectors, 24 channels divide into no whole register: the tile is then half a
+# register wide (8 floats: an AVX2 register, with AVX-512's 32 registers to hold them) and
+# HALF_TILE_ROWS tall, the first of them that divides an output axis. Before, it fell to
+# MIN_TILE_WIDTH: 4 floats by 4 rows. Measured alone (one core): PP-OCRv4 det's 3x3
+# convolution from 96 to 24 channels at 120x160 took 27.8 ms at 4 x 4, 14.2 at 8 wide and 4
+# rows, 9.1 at 8 rows, 8.3 at 12, 8.5 at 16 (MetaSchedule's best after 30 minutes: 8.3);
+# its nine 24-channel kernels 68 -> 22 ms; MobileNetV2's two 24-channel ones 1.19 -> 0.40 ms.
 TILE_VECTORS = 2
+HALF_TILE_ROWS = (12, 8)
 ROW_TILE = 4
 ROW_TILE_FALLBACKS = (7, 6, 3, 2)  # rows for outputs too short or odd for ROW_TILE: see _row_tile
 SQUARE_SIDE = 2  # a ROW_TILE as 2 x 2 positions where ROW_TILE divides no axis: see _square_tile
@@ -322,9 +331,10 @@ def _tile_reduction(sch: "s_tir.Schedule", block: Any, lanes: int) -> list[str]:
     if not spatial or not reduce:
         raise ValueError(f"{block.name}: not a reduction over outputs")
     full = [TILE_VECTORS * lanes, lanes]  # whole registers
+    half = [lanes // 2] if lanes // 2 > MIN_TILE_WIDTH else []  # a narrower register of the ISA
     inner = spatial[-1]
     strided = False
-    width = _divisor(_extent(sch, inner.loop_rv), full + [MIN_TILE_WIDTH])
+    width = _divisor(_extent(sch, inner.loop_rv), full + half + [MIN_TILE_WIDTH])
     if width is None:
         # Innermost output axis too short or odd (7, 14, 18): vectorize the longest other
         # output axis instead (a strided but still vector loop), whole registers if possible.
@@ -340,7 +350,12 @@ def _tile_reduction(sch: "s_tir.Schedule", block: Any, lanes: int) -> list[str]:
         width = _divisor(_extent(sch, inner.loop_rv), widths)
     column, vector = sch.split(inner.loop_rv, [None, width])
     windowed = not strided and sum((_extent(sch, loop) or 2) > 1 for loop in reduce) > 1
-    tall = ROW_TILE * TILE_VECTORS if width == lanes else ROW_TILE  # one vector wide: as many accumulators
+    if width == lanes:
+        tall: tuple[int, ...] = (ROW_TILE * TILE_VECTORS,)  # one vector wide: as many accumulators
+    elif half and width == half[0]:
+        tall = HALF_TILE_ROWS
+    else:
+        tall = (ROW_TILE,)
     outer, rows = _row_tile(sch, [it.loop_rv for it in spatial[:-1]], windowed=windowed, tall=tall)
     column_first = bool(outer) and _column_first(sch, block, inner.var, outer, column)
     if column_first:
@@ -427,7 +442,8 @@ def _bytes(buffer: Any) -> int | None:
     return size
 
 
-def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int = ROW_TILE) -> tuple[list, list]:
+def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool,
+              tall: tuple[int, ...] = (ROW_TILE,)) -> tuple[list, list]:
     """Split a row tile off the outer output axes; returns (outer loops, [row loop] or []).
 
     The longest outer axis that ROW_TILE divides gets ROW_TILE rows (a W of 56 or 80). Where
@@ -438,13 +454,17 @@ def _row_tile(sch: "s_tir.Schedule", outer: list, *, windowed: bool, tall: int =
     registers; a 1x1 convolution or a matmul is bound by streaming its weights, once per
     group of rows, and 7-row tiles (half the passes of 4+3) are up to twice as fast there.
     So a windowed reduction takes the predicated tile, any other the longest axis one of
-    ROW_TILE_FALLBACKS divides. A `tall` tile (8 rows, one vector wide) that divides no axis
-    is a ROW_TILE one. Fusing H x W instead is not possible: the accumulator and
-    epilogue regions of a tile of a fused axis are not rectangles.
+    ROW_TILE_FALLBACKS divides. A `tall` tile (8 rows, one vector wide; 12 or 8, half a
+    vector wide) is as tall as the first of `tall` that divides an axis, on the longest such
+    axis; where none does, it is a ROW_TILE one. Fusing H x W instead is not possible: the
+    accumulator and epilogue regions of a tile of a fused axis are not rectangles.
     """
-    index = _longest(sch, outer, [tall])
-    height = tall
-    if index is None and tall != ROW_TILE:
+    index, height = None, ROW_TILE
+    for height in tall:
+        index = _longest(sch, outer, [height])
+        if index is not None:
+            break
+    if index is None and tall != (ROW_TILE,):
         return _row_tile(sch, outer, windowed=windowed)
     if index is None:
         square = _square_tile(sch, outer)
