@@ -52,13 +52,16 @@ from urllib.parse import urlsplit
 from agent.api.service import CompilationService
 from agent.config import DEFAULT_HTTP
 from agent.errors import AccessDeniedException, ApiError, ConfigError, SerializationException, UnknownOperationException
-from agent.transports.sigv4 import SigV4Verifier
+from agent.transports.sigv4 import ReplayGuard, SigV4Verifier
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB; a CreateCompilationJob body is a few KiB at most
 CONTENT_TYPE = "application/x-amz-json-1.1"
 TARGET_PREFIX = "SageMaker."
+# Operations that change something: each signed request of these is accepted once (ReplayGuard);
+# a captured Describe or List, replayed, only reads what the eavesdropper already saw.
+ONCE_PER_SIGNATURE = frozenset({"CreateCompilationJob", "StopCompilationJob", "DeleteCompilationJob"})
 REQUEST_TIMEOUT_S = 30.0  # a client that stalls mid-request loses its connection, not a thread forever
 REQUEST_DEADLINE_S = 60.0  # and one that trickles a byte now and then: the whole request within this
 MAX_CONNECTIONS = 64  # handled at once; more wait in the listen backlog until one ends
@@ -142,6 +145,7 @@ class HttpTransport:
                 "loopback address; give ACCESS_KEY_ID:SECRET pairs, or bind to 127.0.0.1"
             )
         self.verifier = SigV4Verifier(credentials) if self.require_signature and credentials else None
+        self.replays = ReplayGuard() if self.verifier is not None else None
         self.check_host = loopback and not self.require_signature
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -197,8 +201,9 @@ class HttpTransport:
             self._inflight += 1
         try:
             header = {name.lower(): value for name, value in reversed(headers)}  # the first of repeats wins
+            signed = None
             if self.verifier is not None:
-                self.verifier.verify(method, target, headers, body)
+                signed = self.verifier.verify(method, target, headers, body)
             elif self.check_host and not _host_is_loopback_name(header.get("host", "")):
                 raise AccessDeniedException(
                     "This endpoint is bound to loopback and answers only requests addressed to a loopback host."
@@ -209,7 +214,17 @@ class HttpTransport:
                     f"X-Amz-Target must be {TARGET_PREFIX}<Operation>, got {operation!r}" if operation
                     else "The request has no X-Amz-Target header naming the operation."
                 )
-            return self.api.call(operation[len(TARGET_PREFIX):], _parse_json(body))
+            name = operation[len(TARGET_PREFIX):]
+            if signed is None or name not in ONCE_PER_SIGNATURE:
+                return self.api.call(name, _parse_json(body))
+            self.replays.claim(signed)
+            accepted = False
+            try:
+                output = self.api.call(name, _parse_json(body))
+                accepted = True
+                return output
+            finally:
+                self.replays.settle(signed, accepted)
         finally:
             with self._idle:
                 self._inflight -= 1

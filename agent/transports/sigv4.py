@@ -6,6 +6,13 @@ signature with botocore's own signer (`botocore.auth.SigV4Auth`) over what was r
 the two sides cannot drift apart. The request's X-Amz-Date must be within five minutes of our
 clock, as AWS demands, which bounds how long a captured request can be replayed.
 
+SigV4 has no nonce, so within those five minutes a request captured off plain HTTP could be
+sent again as it was. A ReplayGuard closes that for the operations that change something:
+each accepted signature is remembered until its date leaves the window, and the same
+signature again is refused. A request that was refused the first time (a 400 or a 500) is not
+remembered, so a client's retry of it, re-signed in the same second and so identical, goes
+through.
+
 The refusals are SageMaker's (AWS's common errors), all HTTP 403, on the ApiError branch of
 the agent's error tree:
 
@@ -21,9 +28,12 @@ This module owns the SigV4 use of botocore; nothing else in the agent checks sig
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import hashlib
 import hmac
+import threading
 import time
 from typing import Callable, Iterable, Mapping
 
@@ -64,6 +74,51 @@ class InvalidSignatureException(AuthError):
     code = "InvalidSignatureException"
 
 
+MAX_REMEMBERED = 100_000  # signatures a ReplayGuard holds (~20 MB at most); the oldest go first
+
+
+@dataclasses.dataclass(frozen=True)
+class Signed:
+    """Who signed a verified request, its signature, and when that signature stops being
+    accepted (its X-Amz-Date plus the window)."""
+
+    key_id: str
+    signature: str
+    expires: float
+
+
+class ReplayGuard:
+    """Signatures of requests already accepted, each until it expires: the second arrival of
+    one is a replay. `claim` before the request is acted on, `settle` after: an accepted
+    request's signature is kept, a refused one's forgotten."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, limit: int = MAX_REMEMBERED):
+        self.clock = clock
+        self.limit = limit
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()  # by expiry, roughly
+        self._lock = threading.Lock()
+
+    def claim(self, signed: Signed) -> None:
+        with self._lock:
+            now = self.clock()
+            while self._seen and (next(iter(self._seen.values())) <= now or len(self._seen) >= self.limit):
+                self._seen.popitem(last=False)
+            if signed.signature in self._seen:
+                raise InvalidSignatureException(
+                    "This signed request was already received: a request that changes something is "
+                    "accepted once per signature (sign it again to repeat it)."
+                )
+            self._seen[signed.signature] = signed.expires
+
+    def settle(self, signed: Signed, accepted: bool) -> None:
+        if not accepted:
+            with self._lock:
+                self._seen.pop(signed.signature, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class SigV4Verifier:
     """Verifies requests against `credentials`, a mapping of access key id -> secret key."""
 
@@ -80,8 +135,8 @@ class SigV4Verifier:
         self.max_skew_s = max_skew_s
         self.clock = clock
 
-    def verify(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes) -> str:
-        """Return the access key id that signed the request; raise an AuthError if none did.
+    def verify(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes) -> Signed:
+        """Return who signed the request (Signed); raise an AuthError if none did.
 
         `path` is the request target as received (path and query); `headers` every header
         line as received, in order, repeated names included.
@@ -108,7 +163,7 @@ class SigV4Verifier:
             raise InvalidSignatureException(f"SignedHeaders names header(s) the request lacks: {', '.join(absent)}.")
 
         amz_date = by_name["x-amz-date"][0]
-        self._check_date(amz_date, date)
+        signed_at = self._check_date(amz_date, date)
         if "x-amz-content-sha256" in by_name and by_name["x-amz-content-sha256"][0] != hashlib.sha256(body).hexdigest():
             # The signer trusts this header as the body's hash, so it must be the body's hash.
             raise InvalidSignatureException("X-Amz-Content-SHA256 does not match the request body.")
@@ -126,9 +181,9 @@ class SigV4Verifier:
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
             )
-        return key_id
+        return Signed(key_id, signature, signed_at.timestamp() + self.max_skew_s)
 
-    def _check_date(self, amz_date: str, scope_date: str) -> None:
+    def _check_date(self, amz_date: str, scope_date: str) -> datetime.datetime:
         try:
             signed_at = datetime.datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=datetime.timezone.utc)
         except ValueError:
@@ -150,6 +205,7 @@ class SigV4Verifier:
                 f"Signature not yet current: {amz_date} is still later than {_stamp(now + skew)} "
                 f"({_stamp(now)} + {minutes})"
             )
+        return signed_at
 
 
 def sign(url: str, headers: Mapping[str, str], body: bytes, key_id: str, secret: str, region: str) -> dict[str, str]:

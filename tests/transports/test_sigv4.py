@@ -144,3 +144,52 @@ def test_the_aws_cli_signs_its_way_in(signed_endpoint):
     bad = subprocess.run(command, capture_output=True, text=True, timeout=60,
                          env=clean_env(AWS_SECRET_ACCESS_KEY="wrong"))
     assert bad.returncode == 255 and "(InvalidSignatureException)" in bad.stderr
+
+
+def test_a_request_that_changes_something_is_accepted_once_per_signature(signed_endpoint):
+    """SigV4 has no nonce: a Create, Stop or Delete captured off plain HTTP could be sent again
+    as it was within the 5-minute window. The same signature arriving a second time is
+    refused; a read is not (it tells a replayer nothing it did not see); and a request refused
+    the first time is not remembered, so a client's retry, re-signed in the same second and
+    so identical, still gets its own answer."""
+    from tests.requests import job_request
+
+    url = signed_endpoint.url
+
+    def as_signed(operation: str, body: dict) -> tuple[dict, bytes]:
+        data = json.dumps(body).encode()
+        return dict(signed(url, data, headers={"X-Amz-Target": f"SageMaker.{operation}"}).headers.items()), data
+
+    create = as_signed("CreateCompilationJob", job_request("once", "s3://b/m.tar.gz", "s3://b/out"))
+    assert send(url, *create)[0] == 200
+    status, body = send(url, *create)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException") and "already received" in body["message"]
+
+    stop = as_signed("StopCompilationJob", {"CompilationJobName": "once"})
+    assert send(url, *stop)[0] == 200
+    assert send(url, *stop)[1]["__type"] == "InvalidSignatureException"
+
+    missing = as_signed("DeleteCompilationJob", {"CompilationJobName": "no-such-job"})
+    for _ in range(2):  # refused, so not remembered: the same answer twice
+        status, body = send(url, *missing)
+        assert (status, body["__type"]) == (400, "ResourceNotFound")
+
+    describe = as_signed("DescribeCompilationJob", {"CompilationJobName": "once"})
+    assert send(url, *describe)[0] == send(url, *describe)[0] == 200
+    assert len(signed_endpoint.replays) == 2
+
+
+def test_the_replay_guard_forgets_a_signature_when_it_expires_and_stays_bounded():
+    from agent.transports.sigv4 import ReplayGuard, Signed
+
+    now = [1000.0]
+    guard = ReplayGuard(clock=lambda: now[0], limit=3)
+    guard.claim(Signed("AKID", "a", expires=1300.0))
+    with pytest.raises(InvalidSignatureException):
+        guard.claim(Signed("AKID", "a", expires=1300.0))
+    now[0] = 1301.0  # past its window: the date check refuses it now, and the guard lets it go
+    guard.claim(Signed("AKID", "b", expires=1600.0))
+    assert len(guard) == 1
+    for signature in "cdef":
+        guard.claim(Signed("AKID", signature, expires=1600.0))
+    assert len(guard) == 3  # the oldest went first
