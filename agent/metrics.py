@@ -45,7 +45,9 @@ packed inside it as `metrics.json`, and returned in DescribeCompilationJob's rec
         "budget": {"seconds", "trials", "source"},   what this job could spend, and who said so
         "stopped": str,                    why tuning ended ("off", "budget", "trials", ...)
         "seconds", "tuning_seconds": float, "trials_measured": int, "seconds_per_trial": float,
-        "latency_ms": {"start_ms", "final_ms"},   the model profiled before and after tuning
+        "latency_ms": {"start_ms", "final_ms",    the model profiled before tuning; as shipped
+                       "untuned_ms", "tuned_ms"},  with new tuned kernels: both builds timed in turn
+                                           (final_ms is then tuned_ms if they were kept)
         "database": {"path", "key", "workloads", "reused"} | null,
         "tasks": [{"kernels", "workload", "share", "trials_planned", "trials_new",
                    "trials_total", "rule_us", "tuned_us", "used", "reused"}],

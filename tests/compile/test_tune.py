@@ -257,7 +257,9 @@ def test_new_tuned_kernels_are_kept_only_if_the_model_is_not_slower_with_them(ti
     built = tune_and_build(imported.mod, tvm_target, tmp_path / "out", database=database)
     assert raced == [1]
     assert built.schedule["tuned"] == (["fused_conv2d_add_relu"] if kept else [])
-    assert built.tuning["latency_ms"]["untuned_ms"] == untuned_s * 1e3
+    latency = built.tuning["latency_ms"]
+    assert latency["untuned_ms"] == untuned_s * 1e3 and latency["tuned_ms"] == tuned_s * 1e3
+    assert latency["final_ms"] == (tuned_s * 1e3 if kept else latency["start_ms"])
     choice = open_database(tmp_path / "state", "test", desc).load().entries[workload].choice
     assert choice["winner"] == ("tuned" if kept else "rule")
     assert kept or choice["rejected"].startswith("the model ran slower with them: 20.000 ms against 10.000 ms")

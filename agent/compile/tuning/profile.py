@@ -101,6 +101,15 @@ def profile(executable: Any, inputs: list[np.ndarray], kernel_names: set[str], *
     return Profile(kernels, statistics.median(latencies), outputs)
 
 
+def outputs(executable: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """What `executable` computes from `inputs`, from one run."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return _numpy(vm["main"](*[tvm.runtime.tensor(a) for a in inputs]))
+
+
 def race(first: Any, second: Any, inputs: list[np.ndarray], *, rounds: int = RACE_ROUNDS,
          runs: int = RACE_RUNS) -> tuple[float, float]:
     """Median end-to-end seconds of two executables of one model on the same inputs, timed in
