@@ -74,7 +74,8 @@ class InvalidSignatureException(AuthError):
     code = "InvalidSignatureException"
 
 
-MAX_REMEMBERED = 100_000  # signatures a ReplayGuard holds (~20 MB at most); the oldest go first
+MAX_REMEMBERED = 10_000  # signatures a ReplayGuard holds (about 2 MB); past it the oldest go first.
+# Only accepted Creates, Stops and Deletes are held, for 10 minutes at most: far fewer on one device.
 
 
 @dataclasses.dataclass(frozen=True)
