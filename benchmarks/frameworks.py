@@ -179,7 +179,7 @@ def report(out_dir: Path) -> Path:
         "## In the jobs", "",
         "| model | Framework | file | DataInputConfig | reference | " + " | ".join(labels)
         + " | compile s (rule) | max abs err | source |",
-        "|---" * (7 + len(labels)) + "|",
+        "|---" * (8 + len(labels)) + "|",  # model, Framework, file, DataInputConfig, reference, ..., 3 more
     ]
     ratios: dict[str, list[float]] = {label: [] for label in labels}
     for r in results:
@@ -200,7 +200,7 @@ def report(out_dir: Path) -> Path:
         lines.append(f"| {r['model']} | {r['framework']} | `{r['file']}` | "
                      f"{'`' + r['data_input_config'] + '`' if r['data_input_config'] else '(from the model)'} | "
                      f"{rule.get('reference_engine', '')} | " + " | ".join(cells) + " | "
-                     f"{rule.get('compile_seconds', float('nan')):.0f} | {verification.get('max_abs_error', '')} | "
+                     f"{rule.get('compile_seconds', float('nan')):.0f} | {_error_text(verification.get('max_abs_error'))} | "
                      f"{r['source']} |")
     lines.append("| geometric mean | | | | | " + " | ".join(
         f"**{_geomean(ratios[label]):.2f}x**" if ratios[label] else "" for label in labels) + " | | | |")
@@ -236,6 +236,10 @@ def _label_order(label: str) -> tuple[int, int]:
 def _short(reason: str | None, limit: int = 160) -> str:
     text = (reason or "").replace("|", "/").replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _error_text(value) -> str:
+    return f"{value:.2g}" if isinstance(value, (int, float)) else ""
 
 
 def _geomean(values: list[float]) -> float:
