@@ -530,9 +530,16 @@ def _attach_epilogue(sch: "s_tir.Schedule", block_rv: Any, loop: Any, max_flops:
 
 
 def _elements(buffer: Any) -> int | None:
-    """How many elements a buffer holds; None when its shape is not constant."""
-    size = _bytes(buffer)
-    return None if size is None else size * 8 // buffer.dtype.bits
+    """How many elements a buffer holds; None when its shape is not constant. Counted from
+    the shape, not from _bytes: a bool buffer's elements take less than a byte each."""
+    from tvm import tirx
+
+    count = 1
+    for dim in buffer.shape:
+        if not isinstance(dim, tirx.IntImm):
+            return None
+        count *= int(dim)
+    return count
 
 
 def _domain(stmt: Any) -> int | None:
