@@ -133,7 +133,7 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                 print(f"{name} side by side: {result['side_by_side']['p50_ms']}", flush=True)
 
 
-SIDE_ROUNDS = 5
+SIDE_ROUNDS = 9
 
 
 def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
