@@ -120,7 +120,8 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path) 
             tmp = Path(tmp)
             archive = tmp / "model.tar.gz"
             with tarfile.open(archive, "w:gz") as tar:
-                tar.add(path, arcname=path.name)
+                # Neo takes TorchScript as .pt/.pth: silero-vad ships its .jit, renamed as a user would
+                tar.add(path, arcname=path.with_suffix(".pt").name if path.suffix == ".jit" else path.name)
             plan = [("rule", tmp / "state-rule", {"tuning_seconds": 0}, suite.LATER_STAGES_S)]
             for budget in budgets:
                 state = tmp / f"state-{budget}"

@@ -166,7 +166,10 @@ def model_inputs(model: Any) -> list[TensorSpec]:
             continue  # left at its default
         if str(argument.type) != "Tensor":
             raise ClientError(KEYWORD, f"Incompatible PyTorch model: forward's argument {argument.name!r} is a "
-                                       f"{argument.type}, not a Tensor; only tensor inputs can be compiled")
+                                       f"{argument.type}, not a Tensor; only tensor inputs can be compiled, since "
+                                       "DataInputConfig gives tensor shapes only. Fix its value in the model: "
+                                       "script a wrapper whose forward calls this one with "
+                                       f"{argument.name!r} set, and save that")
         specs.append(TensorSpec(argument.name, (), SCRIPT_DTYPE))
     if not specs:
         raise ClientError(KEYWORD, "Incompatible PyTorch model: the TorchScript forward takes no tensor arguments")
@@ -238,8 +241,9 @@ def to_static_program(model: Any, args: tuple) -> Any:
     is still symbolic."""
     import torch
 
+    scripted = not isinstance(model, torch.export.ExportedProgram)
     try:
-        if not isinstance(model, torch.export.ExportedProgram):
+        if scripted:
             from torch._export.converter import TS2EPConverter
 
             model = TS2EPConverter(model, args).convert()
@@ -250,8 +254,13 @@ def to_static_program(model: Any, args: tuple) -> Any:
     except (MemoryError, ClientError):
         raise
     except Exception as exc:
+        hint = ""
+        if scripted and any(node in str(exc) for node in ("prim::If", "prim::Loop")):
+            hint = (". TorchScript whose control flow depends on its inputs or on state the module keeps "
+                    "(a streaming model's) does not convert: submit the model as a .pt2 from torch.export, "
+                    "or exported to ONNX with Framework ONNX")
         raise ClientError(KEYWORD, f"PyTorch could not turn the model into a static-shape ExportedProgram for the "
-                                   f"input shapes {[list(a.shape) for a in args]}: {summarize_error(exc)}") from exc
+                                   f"input shapes {[list(a.shape) for a in args]}: {summarize_error(exc)}{hint}") from exc
 
 
 _UNSUPPORTED = re.compile(r"Unsupported function types? \[(.*)\]")

@@ -161,10 +161,19 @@ def test_a_pickled_module_is_not_torchscript(tmp_path):
     assert "torch.jit.trace(model, example).save(path)" in caught.value.reason
 
 
-def test_a_non_tensor_argument_is_refused(tmp_path):
+def test_a_non_tensor_argument_is_refused_saying_how_to_fix_its_value(tmp_path):
     path = models.scripted(models.TakesAnInt, tmp_path / "repeat.pt")
-    with pytest.raises(ClientError, match="forward's argument 'repeats' is a int, not a Tensor"):
+    with pytest.raises(ClientError, match="forward's argument 'repeats' is a int, not a Tensor") as caught:
         frontends.load_and_import("PYTORCH", path, "[[2, 8]]")
+    assert "script a wrapper whose forward calls this one with 'repeats' set" in caught.value.reason
+
+
+def test_torchscript_with_control_flow_on_state_is_refused_pointing_to_pt2_or_onnx(tmp_path):
+    # silero-vad's published .jit, with its int argument fixed by a wrapper, fails the same way
+    path = models.scripted(models.KeepsState, tmp_path / "stream.pt")
+    with pytest.raises(ClientError, match="TS2EPConverter failed for node prim::If") as caught:
+        frontends.load_and_import("PYTORCH", path, "[[1, 8]]")
+    assert "submit the model as a .pt2 from torch.export, or exported to ONNX" in caught.value.reason
 
 
 def test_an_exported_archive_with_pickled_objects_is_refused_unread(tmp_path, dynamic_mlp):
