@@ -184,7 +184,7 @@ def load_test(tmp: Path, broker, count: int, queue_limit: int, job_timeout: floa
         daemon.wait_log("mqtt://127.0.0.1")
         results = [run_burst(daemon, "http", http_create(http_client(daemon)), count, job_timeout)]
         settings = MqttConfig(host="127.0.0.1", port=broker.port, thing_name="load-client")
-        with RemoteAgent(settings, "load-thing").connect() as remote:
+        with RemoteAgent(settings, "load-thing") as remote:
             results.append(run_burst(daemon, "mqtt", mqtt_create(remote), count, job_timeout))
         return results
     finally:

@@ -282,7 +282,7 @@ def test_run_serves_mqtt_when_enabled(tmp_path, mosquitto):
     try:
         daemon.wait_log("mqtt://127.0.0.1")
         settings = MqttConfig(host="127.0.0.1", port=mosquitto.port, thing_name="workstation")
-        with RemoteAgent(settings, "daemon-thing").connect() as remote:
+        with RemoteAgent(settings, "daemon-thing") as remote:
             assert remote.call("ListCompilationJobs", {})["CompilationJobSummaries"] == []
             with pytest.raises(ApiError) as excinfo:
                 remote.call("DescribeCompilationJob", {"CompilationJobName": "nope"})
@@ -307,7 +307,7 @@ def test_the_final_status_of_a_job_ended_by_shutdown_leaves_before_the_process_d
     try:
         daemon.wait_log("mqtt://127.0.0.1")
         settings = MqttConfig(host="127.0.0.1", port=mosquitto.port, thing_name="workstation")
-        with RemoteAgent(settings, "stopping-thing").connect() as remote:  # events go back where it came from
+        with RemoteAgent(settings, "stopping-thing") as remote:  # events go back where it came from
             remote.call("CreateCompilationJob", scripted_request("busy", "stage=compile sleep=120"))
         wait_status(daemon.client(), "busy", {"INPROGRESS"}, timeout=30)
         daemon.send(signal.SIGTERM)

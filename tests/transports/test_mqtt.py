@@ -3,6 +3,7 @@ errors, limits, authorization, job events of a real compile, and delivery throug
 agent restarts."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -402,6 +403,25 @@ def test_start_reads_the_outcome_of_the_connack_that_woke_it(tmp_path, anonymous
     connected, refused = session._answered.seen[0]
     assert connected is anonymous
     assert bool(refused) is not anonymous
+
+
+def test_a_second_start_keeps_the_live_connection_and_nagle_is_off(mosquitto):
+    """`with RemoteAgent(...).connect()` starts the session twice. The second start used to call
+    connect_async again, which closed the live socket: paho reconnected after its reconnect
+    delay, and every publish made meanwhile waited for it (each first call took 2 s)."""
+    session = PahoSession(MqttConfig(host=mosquitto.host, port=mosquitto.port), "started-twice", persistent=False)
+    try:
+        assert session.start(WAIT_S)
+        sock = session._client.socket()
+        assert session.start(WAIT_S)
+        assert session._client.socket() is sock and sock.fileno() != -1
+        # an answer published right after a PUBACK must not wait for the broker's delayed ACK
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        session.close()
+    connects = [line for line in mosquitto.log_path.read_text().splitlines()
+                if "New client connected" in line and "started-twice" in line]
+    assert len(connects) == 1, connects
 
 
 @pytest.mark.faults
