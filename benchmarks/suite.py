@@ -120,7 +120,9 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
             for label, state, options, runtime_s in plan:
                 variant = run_job(state, tmp, name, label, archive, json.dumps({input_name: shape}), options,
                                   runtime_s, bench)
-                artifacts.update(_keep_artifact(tmp, label, variant))
+                artifacts.update(kept := _keep_artifact(tmp, label, variant))
+                if kept:
+                    variant["library_sha256"] = library_digest(kept[label])
                 variant.update(command="python " + " ".join(sys.argv), machine=machine(), commit=commit(),
                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
                 result["variants"][label] = variant
@@ -145,6 +147,16 @@ def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
     kept.parent.mkdir(exist_ok=True)
     built.rename(kept)
     return {label: kept}
+
+
+def library_digest(artifact: Path) -> str:
+    """sha256 of the artifact's model.so: the machine code itself (metadata and metrics differ
+    from job to job). Equal digests mean a warm recompile built exactly its tuned build."""
+    import hashlib
+
+    with tarfile.open(artifact) as tar:
+        member = next(m for m in tar.getmembers() if Path(m.name).name == "model.so")
+        return hashlib.sha256(tar.extractfile(member).read()).hexdigest()
 
 
 def side_by_side(model: Path, artifacts: dict[str, Path], inputs: list[dict], tmp: Path, threads: int,
@@ -294,7 +306,8 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
     lines = ["## Side by side: each model's builds and onnxruntime timed in turn", "",
              f"Each engine once per round in its own process, order rotated, median of the rounds' p50s "
              f"({timed[0]['side_by_side']['rounds']} rounds). TVM / ORT, and warm / tuned for the recompile target "
-             "(within 5 %).", "",
+             "(within 5 %); 'same model.so' where the two builds' machine code is byte-identical, so that "
+             "their ratio is this VM's noise.", "",
              "| " + " | ".join(["model", "ORT p50 ms", *map(_minutes, labels),
                                 *(f"{_minutes(w)} / tuned" for w in warm)]) + " |",
              "|---|---|" + "---|" * (len(labels) + len(warm))]
@@ -304,7 +317,9 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
         cells = [f"{p50s[lbl] / ort:.2f}x ({p50s[lbl]:.1f} ms)" if lbl in p50s else "-" for lbl in labels]
         for w in warm:
             tuned = "tuned-" + w.split("-", 1)[1]
-            cells.append(f"{p50s[w] / p50s[tuned]:.3f}" if w in p50s and tuned in p50s else "-")
+            same = _same_library(r, w, tuned)
+            cells.append(f"{p50s[w] / p50s[tuned]:.3f}" + (" (same model.so)" if same else "")
+                         if w in p50s and tuned in p50s else "-")
         lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(cells) + " |")
     geo = []
     for label in labels:
@@ -314,6 +329,11 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
                    + ("" if len(ratios) == len(timed) else f" ({len(ratios)} of {len(timed)})") if ratios else "-")
     lines.append("| geometric mean | | " + " | ".join(geo) + " |" + " |" * len(warm))
     return lines + [""]
+
+
+def _same_library(result: dict, first: str, second: str) -> bool:
+    digests = [result["variants"].get(label, {}).get("library_sha256") for label in (first, second)]
+    return None not in digests and digests[0] == digests[1]
 
 
 # compile_peak_rss_mb is the compile child's own VmHWM in jobs started from then on.

@@ -12,6 +12,7 @@ import pytest
 from agent import pipeline
 from agent.config import AgentConfig, BenchConfig, TuningConfig
 from agent.samples import make_sample_archive
+from benchmarks.suite import library_digest
 from tests.test_pipeline import RecordingReporter, make_job
 
 TRIALS = 64   # plan.MIN_TASK_TRIALS: fewer would be planned for no kernel at all
@@ -24,7 +25,7 @@ def _run(tmp_path, state, archive, fleet, name, options):
                    CompilerOptions=json.dumps(options))
     reporter = RecordingReporter()
     result = pipeline.run(job, config, tmp_path / "work" / name, reporter)
-    return result.metrics, reporter
+    return result.metrics, reporter, library_digest(next((tmp_path / "out" / name).glob("*.tar.gz")))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def tuned_jobs(tmp_path_factory):
 
 
 def test_a_job_tunes_within_the_trials_its_request_gives(tuned_jobs):
-    (metrics, reporter), _, _ = tuned_jobs
+    (metrics, reporter, _), _, _ = tuned_jobs
     tuning = metrics["tuning"]
     assert tuning["budget"]["trials"] == TRIALS and "CompilerOptions tuning_trials" in tuning["budget"]["source"]
     assert 0 < tuning["trials_measured"] <= TRIALS
@@ -54,25 +55,29 @@ def test_a_job_tunes_within_the_trials_its_request_gives(tuned_jobs):
 
 
 def test_the_next_job_on_the_device_reuses_the_records(tuned_jobs):
-    (first, _), (again, _), _ = tuned_jobs
+    (first, _, first_so), (again, _, again_so), _ = tuned_jobs
     assert again["tuning"]["trials_measured"] == 0
+    # a warm recompile builds its tuned build's machine code exactly: the suite's warm / tuned
+    # latency is then the same model.so timed twice
+    assert again_so == first_so
     assert again["tuning"]["tuned_kernels"] == first["tuning"]["tuned_kernels"]
     assert again["tuning"]["database"]["workloads"] == first["tuning"]["database"]["workloads"] > 0
     assert again["verification"]["passed"]
 
 
 def test_an_identical_device_pulls_the_fleet_s_records_instead_of_tuning(tuned_jobs):
-    (first, _), _, (other, _) = tuned_jobs
+    (first, _, first_so), _, (other, _, other_so) = tuned_jobs
     assert first["tuning"]["shared"]["pushed_workloads"] == first["tuning"]["database"]["workloads"]
     assert other["tuning"]["shared"]["pulled_workloads"] == first["tuning"]["database"]["workloads"]
     assert other["tuning"]["trials_measured"] == 0
     assert other["tuning"]["tuned_kernels"] == first["tuning"]["tuned_kernels"]
     assert "pushed_workloads" not in other["tuning"]["shared"]   # nothing new to push
+    assert other_so == first_so
 
 
 def test_a_job_that_asks_no_tuning_gets_none(tmp_path):
     archive = make_sample_archive(tmp_path / "in")
-    metrics, reporter = _run(tmp_path, tmp_path / "state", archive, tmp_path / "fleet", "off", {"tuning_seconds": 0})
+    metrics, reporter, _ = _run(tmp_path, tmp_path / "state", archive, tmp_path / "fleet", "off", {"tuning_seconds": 0})
     assert metrics["tuning"]["stopped"] == "off" and metrics["tuning"]["trials_measured"] == 0
     assert metrics["tuning"]["budget"] == {"seconds": None, "trials": None, "source": "CompilerOptions tuning_seconds"}
     assert "shared" not in metrics["tuning"] and not (tmp_path / "fleet").exists()
