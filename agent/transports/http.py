@@ -353,6 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "neo-agent"
     sys_version = ""
     timeout = REQUEST_TIMEOUT_S
+    # The headers and the body leave in two writes; with Nagle's algorithm on, the body could
+    # wait for the client's (delayed) ACK of the headers.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return self.server_version
