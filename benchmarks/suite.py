@@ -156,7 +156,7 @@ def _keep_artifact(tmp: Path, label: str, variant: dict) -> dict[str, Path]:
     return {label: kept}
 
 
-def retime(models: list[str], artifacts_dir: Path, out_dir: Path, models_dir: Path) -> None:
+def retime(models: list[str], artifacts_dir: Path, out_dir: Path, models_dir: Path, timing: bool = True) -> None:
     """Time the kept artifacts of each model (`run --keep-artifacts`) and onnxruntime side by side
     again, replacing the result's side_by_side. For a run whose side-by-side minutes were
     disturbed by other work on the machine: the jobs' builds are the same, only timed again."""
@@ -173,6 +173,9 @@ def retime(models: list[str], artifacts_dir: Path, out_dir: Path, models_dir: Pa
             raise SystemExit(f"{artifacts_dir / name}: {sorted(unknown)} are not variants of {result_path}")
         for label, artifact in artifacts.items():
             result["variants"][label]["library_sha256"] = library_digest(artifact)
+        if not timing:   # --digests-only: which builds are the same machine code
+            result_path.write_text(json.dumps(result, indent=1) + "\n")
+            continue
         with tempfile.TemporaryDirectory(prefix=f"retime-{name}-") as tmp:
             specs = [{"name": input_name, "shape": shape, "dtype": "float32"}]
             timed = side_by_side(path, artifacts, specs, Path(tmp), threads)
@@ -362,6 +365,24 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
         geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**"
                    + ("" if len(ratios) == len(timed) else f" ({len(ratios)} of {len(timed)})") if ratios else "-")
     lines.append("| geometric mean | | " + " | ".join(geo) + " |" + " |" * len(warm))
+    lines += ["", "The same rounds, each engine's fastest round: on this VM a process runs either at full speed "
+              "or, when the VM loses a core to its host for a while, far slower (onnxruntime about 2x, TVM about "
+              "1.5x), and the median of 9 rounds can fall on either side. The fastest round compares the engines "
+              "at full speed.", "",
+              "| " + " | ".join(["model", "ORT best ms", *map(_minutes, labels)]) + " |",
+              "|---|---|" + "---|" * len(labels)]
+    best_geo: dict[str, list[float]] = {label: [] for label in labels}
+    for r in timed:
+        best = {k: min(v) for k, v in r["side_by_side"]["per_round_p50_ms"].items()}
+        ort = best["onnxruntime"]
+        for label in labels:
+            if label in best:
+                best_geo[label].append(best[label] / ort)
+        lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(
+            f"{best[lbl] / ort:.2f}x ({best[lbl]:.1f} ms)" if lbl in best else "-" for lbl in labels) + " |")
+    lines.append("| geometric mean | | " + " | ".join(
+        (f"**{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**" + ("" if len(v) == len(timed) else f" ({len(v)} of {len(timed)})"))
+        if v else "-" for v in best_geo.values()) + " |")
     again = [r for r in timed if "replaced" in r["side_by_side"]]
     if again:
         lines += ["", "Timed again from the jobs' kept artifacts (`suite.py retime`), the first timing having "
@@ -432,6 +453,7 @@ def main() -> None:
     run_args.add_argument("--keep-artifacts", type=Path, help="copy each job's artifact to DIR/<model>/<variant>.tar.gz")
     retime_args = sub.add_parser("retime", help="time kept artifacts and onnxruntime side by side again")
     retime_args.add_argument("--models", required=True)
+    retime_args.add_argument("--digests-only", action="store_true", help="record each kept model.so's sha256, time nothing")
     retime_args.add_argument("--artifacts", type=Path, required=True, help="run --keep-artifacts' folder")
     retime_args.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "neo-agent-suite-models")
     report_args = sub.add_parser("report")
@@ -445,7 +467,7 @@ def main() -> None:
         budgets = [int(b) for b in args.budgets.split(",") if b]
         run(args.models.split(","), budgets, args.out, args.models_dir, not args.no_rule, args.keep_artifacts)
     elif args.command == "retime":
-        retime(args.models.split(","), args.artifacts, args.out, args.models_dir)
+        retime(args.models.split(","), args.artifacts, args.out, args.models_dir, not args.digests_only)
     results = load_results(*(getattr(args, "sources", None) or [args.out]))
     args.out.mkdir(parents=True, exist_ok=True)
     sources = getattr(args, "sources", None)
