@@ -358,17 +358,13 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
             cells.append(f"{p50s[w] / p50s[tuned]:.3f}" + (" (same model.so)" if same else "")
                          if w in p50s and tuned in p50s else "-")
         lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(cells) + " |")
-    geo = []
-    for label in labels:
-        ratios = [r["side_by_side"]["p50_ms"][label] / r["side_by_side"]["p50_ms"]["onnxruntime"]
-                  for r in timed if label in r["side_by_side"]["p50_ms"]]
-        geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**"
-                   + ("" if len(ratios) == len(timed) else f" ({len(ratios)} of {len(timed)})") if ratios else "-")
+    geo = [_geomean_cell([r["side_by_side"]["p50_ms"][label] / r["side_by_side"]["p50_ms"]["onnxruntime"]
+                          for r in timed if label in r["side_by_side"]["p50_ms"]], len(timed)) for label in labels]
     lines.append("| geometric mean | | " + " | ".join(geo) + " |" + " |" * len(warm))
     lines += ["", "The same rounds, each engine's fastest round: on this VM a process runs either at full speed "
               "or, when the VM loses a core to its host for a while, far slower (onnxruntime about 2x, TVM about "
-              "1.5x), and the median of 9 rounds can fall on either side. The fastest round compares the engines "
-              "at full speed.", "",
+              f"1.5x), and the median of {timed[0]['side_by_side']['rounds']} rounds can fall on either side. "
+              "The fastest round compares the engines at full speed.", "",
               "| " + " | ".join(["model", "ORT best ms", *map(_minutes, labels)]) + " |",
               "|---|---|" + "---|" * len(labels)]
     best_geo: dict[str, list[float]] = {label: [] for label in labels}
@@ -380,15 +376,21 @@ def _side_by_side_table(results: list[dict], labels: list[str]) -> list[str]:
                 best_geo[label].append(best[label] / ort)
         lines.append(f"| {r['model']} | {ort:.1f} | " + " | ".join(
             f"{best[lbl] / ort:.2f}x ({best[lbl]:.1f} ms)" if lbl in best else "-" for lbl in labels) + " |")
-    lines.append("| geometric mean | | " + " | ".join(
-        (f"**{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**" + ("" if len(v) == len(timed) else f" ({len(v)} of {len(timed)})"))
-        if v else "-" for v in best_geo.values()) + " |")
+    lines.append("| geometric mean | | " + " | ".join(_geomean_cell(v, len(timed)) for v in best_geo.values()) + " |")
     again = [r for r in timed if "replaced" in r["side_by_side"]]
     if again:
         lines += ["", "Timed again from the jobs' kept artifacts (`suite.py retime`), the first timing having "
                   "been disturbed by other work on the machine: " + "; ".join(
                       f"{r['model']} on {r['side_by_side']['date']} (first: {_first_timing(r)})" for r in again) + "."]
     return lines + [""]
+
+
+def _geomean_cell(ratios: list[float], models: int) -> str:
+    """The geometric mean in bold, saying over how many of the models when not all."""
+    if not ratios:
+        return "-"
+    cell = f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**"
+    return cell if len(ratios) == models else f"{cell} ({len(ratios)} of {models})"
 
 
 def _first_timing(result: dict) -> str:
