@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.compile import schedule
+from agent.compile import rewrite_relax_functions, schedule
 from agent.compile.clip import clips_as_relax_ops
 from agent.compile.fast_math import fast_math
 from agent.compile.pad_columns import padded_matmul_columns
@@ -187,8 +187,8 @@ def pack_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
     A schedule that packs weights leaves a block in its PrimFunc that rewrites a
     `layout_free_buffers` argument into the packed layout. SplitLayoutRewritePreproc moves
     each such block into a function of its own, called on the weight before the kernel, and
-    FoldConstant runs those calls on the model's constant weights, so the module carries the
-    packed weights and the kernels read them directly. A no-op for a module with no such
+    _fold_weight_prepacks runs those calls on the model's constant weights, so the module
+    carries the packed weights and the kernels read them directly. A no-op for a module with no such
     blocks.
     """
     from tvm import relax
@@ -196,12 +196,58 @@ def pack_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
     mod = relax.transform.SplitLayoutRewritePreproc()(mod)  # a split kernel is named <name>_prepacked
     # One weight read by many calls (an unrolled LSTM's Rᵀ at every step) is packed once, not per call.
     mod = relax.transform.EliminateCommonSubexpr()(mod)
-    mod = relax.transform.FoldConstant()(mod)
+    mod = _fold_weight_prepacks(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
-    unfolded = sorted(g.name_hint for g in mod.get_global_vars() if g.name_hint.endswith("_weight_prepack"))
-    if unfolded:  # FoldConstant skips what it cannot build: those weights are packed at every inference
+    unfolded = sorted(g.name_hint for g in mod.get_global_vars() if g.name_hint.endswith(PREPACK_SUFFIX))
+    if unfolded:  # a weight that is not a constant: packed at every inference
         log.warning("weights repacked at run time, not at compile time, by %s", ", ".join(unfolded))
     return mod
+
+
+# What SplitLayoutRewritePreproc names the function it splits off a kernel to pack its weight
+PREPACK_SUFFIX = "_weight_prepack"
+
+
+def _fold_weight_prepacks(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Every call of a weight-packing function on a constant replaced by the packed constant,
+    its padding zero.
+
+    A packed layout can be larger than the weight: a schedule that splits a bias of 1000
+    classes 8 x 128 packs it into [8, 128], and the packing function writes the 1000 values
+    and nothing else. TVM's FoldConstant runs it on an uninitialized output, so the other
+    24 held whatever the allocator had left there, NaN at times. No output reads them (the
+    kernel's loop is guarded), but they went into model.so, and two compiles of one model
+    with one tuning database gave different libraries (MobileNetV2, PP-OCRv4 rec). Here the
+    output starts as zeros. The packing functions are built as one library, on this
+    machine's CPU as FoldConstant does (they run here, whatever the target).
+    """
+    import tvm
+    from tvm import relax
+
+    packers = {g.name_hint: f.with_attr("global_symbol", g.name_hint)
+               for g, f in mod.functions_items() if g.name_hint.endswith(PREPACK_SUFFIX)}
+    if not packers:
+        return mod
+    library = tvm.compile(tvm.IRModule(packers), target=tvm.target.Target("llvm"))
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class PrepackFolder(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if call.op != call_tir or getattr(call.args[0], "name_hint", None) not in packers:
+                return call
+            inputs = [self.lookup_binding(a) if isinstance(a, relax.Var) else a for a in call.args[1].fields]
+            if not all(isinstance(a, tvm.ir.GenericConst) for a in inputs):
+                return call
+            ty = call.ty_args[0]
+            types = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
+            outs = [tvm.runtime.tensor(np.zeros([int(d) for d in t.shape], dtype=str(t.dtype))) for t in types]
+            library[call.args[0].name_hint](*[a.value for a in inputs], *outs)
+            consts = [relax.const(out.numpy()) for out in outs]
+            return relax.Tuple(consts) if isinstance(ty, relax.TupleType) else consts[0]
+
+    return rewrite_relax_functions(mod, PrepackFolder(mod))
 
 
 def _mutate(mod: "tvm.IRModule", mutator_class: Any) -> tuple["tvm.IRModule", Any]:

@@ -205,6 +205,69 @@ def test_constant_weights_are_packed_at_compile_time_and_give_the_same_outputs(t
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+def bias_add_packed_8_by_128(bias: np.ndarray):
+    """x + bias over 1000 columns, its kernel split 8 x 128 (1024: 24 past the end, guarded)
+    and its bias packed [8, 128] by MetaSchedule's RewriteLayout, as a tuned schedule does."""
+    import tvm
+    from tvm import relax, s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def add(a: T.Buffer((T.int64(1), T.int64(1000)), "float32"), b: T.Buffer((T.int64(1000),), "float32"),
+            c: T.Buffer((T.int64(1), T.int64(1000)), "float32")):
+        T.func_attr({"layout_free_buffers": [1], "tirx.noalias": True})
+        for i, j in T.grid(T.int64(1), T.int64(1000)):
+            with T.sblock("c"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                c[vi, vj] = a[vi, vj] + b[vj]
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": add}))
+    sch.split(sch.get_loops(sch.get_sblock("c"))[1], [None, 128])
+    assert ms.postproc.RewriteLayout().apply(sch)
+    builder = relax.BlockBuilder()
+    kernel = builder.add_func(sch.mod["main"].with_attr("tirx.is_scheduled", True), "add")
+    x = relax.Var("x", relax.TensorType((1, 1000), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(relax.call_tir(kernel, [x, relax.const(bias)],
+                                                     relax.TensorType((1, 1000), "float32")))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def test_a_packed_weight_larger_than_the_weight_is_padded_with_zeros_every_time(target):
+    """A packed layout can hold more than the weight ([8, 128] for 1000 values). Its padding
+    went into model.so as whatever memory held, NaN at times, so two compiles of one model
+    differed; it is zero now, and the kernel still reads only the 1000."""
+    import tvm
+    from tvm import relax
+
+    from agent.compile import build, optimize
+
+    bias = np.arange(1000, dtype=np.float32)
+    mod = bias_add_packed_8_by_128(bias)
+    packed = []
+    for _ in range(3):
+        litter = [np.full(1024, np.nan, dtype=np.float32) for _ in range(64)]  # freed memory, NaN
+        del litter
+        with target:
+            folded = optimize.pack_weights(mod)
+        constants = []
+        relax.analysis.post_order_visit(folded["main"], lambda e: constants.append(e.value.numpy())
+                                        if isinstance(e, tvm.ir.GenericConst) else None)
+        [value] = [c for c in constants if c.shape == (8, 128)]
+        packed.append(value)
+    assert packed[0].shape == (8, 128)
+    np.testing.assert_array_equal(packed[0].reshape(-1)[:1000], bias)
+    assert not packed[0].reshape(-1)[1000:].any()
+    assert all(np.array_equal(p, packed[0]) for p in packed[1:])
+
+    x = np.random.default_rng(3).standard_normal((1, 1000)).astype(np.float32)
+    vm = relax.VirtualMachine(build.build(mod, target), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x + bias)
+
+
 def test_a_record_of_a_schedule_that_packs_weights_survives_json(fused, target):
     """TuningRecord.as_json() cannot write the IndexMap of RewriteLayout's TransformLayout;
     record_json can, and TVM reads it back to the same schedule."""
