@@ -188,8 +188,8 @@ def pack_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
     `layout_free_buffers` argument into the packed layout. SplitLayoutRewritePreproc moves
     each such block into a function of its own, called on the weight before the kernel, and
     _fold_weight_prepacks runs those calls on the model's constant weights, so the module
-    carries the packed weights and the kernels read them directly. A no-op for a module with no such
-    blocks.
+    carries the packed weights and the kernels read them directly. A no-op for a module with
+    no such blocks.
     """
     from tvm import relax
 
